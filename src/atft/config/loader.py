@@ -1,0 +1,399 @@
+"""Resolve the configuration: schema defaults < preset < environment aliases < command-line overrides.
+
+Each layer is turned into a list of ``(dotted key, value)`` assignments, every value is converted to
+its schema type, the layer is merged into the structured OmegaConf config, and the whole config is
+validated again, so an error always names the layer (preset file, environment variable or override
+token) that introduced it. The source of every key is remembered for provenance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import atft
+from atft.config.schema import (
+    BOOL_WORDS,
+    ATFTConfig,
+    ConfigError,
+    coerce_value,
+    field_spec,
+    is_list_type,
+    is_optional_type,
+    is_text_type,
+    parse_bool,
+    schema_fields,
+    schema_sections,
+    validate,
+)
+
+CONFIG_DIR_ENV = "ATFT_CONFIG_DIR"
+DEFAULT_PRESET = "cpu"
+NO_PRESET = "none"  # ResolvedConfig.preset when load_config(preset=None)
+
+# The spellings YAML reads as null; an optional field given one of them is set to None.
+_NULL_WORDS = frozenset({"", "~", "null", "Null", "NULL"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Environment aliases of the previous system
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvAlias:
+    """An environment variable of the previous system and the config key it now sets.
+
+    A plain alias sets ``key`` to the variable's value. A *switch* alias reads the variable as a
+    boolean and, only when it is true, sets ``key`` to ``when_true``; false leaves the config alone.
+    """
+
+    key: str
+    example: str
+    description: str
+    switch: bool = False
+    when_true: Any = None
+
+    @property
+    def type_name(self) -> str:
+        """The type the variable's text must parse as (for docs and messages)."""
+        return "bool" if self.switch else field_spec(self.key).type_name
+
+
+ENV_ALIASES: dict[str, EnvAlias] = {
+    "SHARPE_WEIGHT": EnvAlias("loss.weights.sharpe", "0.1", "weight of the Sharpe loss term"),
+    "RANKIC_WEIGHT": EnvAlias("loss.weights.rankic", "0.5", "weight of the RankIC loss term"),
+    "CS_IC_WEIGHT": EnvAlias("loss.weights.cs_ic", "0.2", "weight of the cross-sectional IC term"),
+    "HUBER_WEIGHT": EnvAlias("loss.weights.huber", "1.0", "weight of the Huber point loss"),
+    "USE_LISTNET_LOSS": EnvAlias("loss.listnet.enabled", "1", "turn the ListNet ranking loss on"),
+    "LISTNET_WEIGHT": EnvAlias("loss.weights.listnet", "0.3", "weight of the ListNet term"),
+    "LISTNET_TAU": EnvAlias("loss.listnet.tau", "0.5", "ListNet softmax temperature"),
+    "LISTNET_TOPK": EnvAlias("loss.listnet.topk", "50", "ListNet top-k (0 = whole cross-section)"),
+    "TRAIN_SCHEDULER": EnvAlias("train.scheduler.name", "plateau", "learning-rate schedule"),
+    "WARMUP_EPOCHS": EnvAlias("train.scheduler.warmup_epochs", "3", "warm-up epochs"),
+    "PRED_HEAD_VARIANT": EnvAlias("model.head.variant", "apex", "prediction head variant"),
+    "PRED_HEAD_INIT_STD": EnvAlias("model.head.init_std", "0.02", "init std of the head's output layer"),
+    "PRED_HEAD_LAYER_SCALE": EnvAlias("model.head.layer_scale", "0.1", "head residual layer scale (0 = off)"),
+    "PRED_HEAD_USE_LAYERNORM": EnvAlias("model.head.use_layernorm", "true", "LayerNorm before the head"),
+    "ENABLE_PREDICTION_HEAD_DIAGNOSTICS": EnvAlias(
+        "train.diagnostics.head_diagnostics", "0", "log prediction-head statistics"
+    ),
+    "GRAD_MONITOR_EVERY": EnvAlias(
+        "train.diagnostics.grad_monitor_every", "100", "steps between gradient-norm logs"
+    ),
+    "DISABLE_GRAPH_BUILDER": EnvAlias(
+        "model.graph.mode", "1", 'true sets model.graph.mode="none"', switch=True, when_true="none"
+    ),
+    "BYPASS_GAT_COMPLETELY": EnvAlias(
+        "model.gat.enabled", "1", "true sets model.gat.enabled=false", switch=True, when_true=False
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedConfig:
+    """The resolved configuration and where each non-default value came from.
+
+    ``cfg`` is a typed, read-only OmegaConf config of the ``ATFTConfig`` schema. ``sources`` maps each
+    dotted key whose value differs from the schema default to ``preset:<name or path>``,
+    ``env:<VARIABLE>`` or ``cli``.
+    """
+
+    cfg: DictConfig
+    sources: dict[str, str]
+    preset: str
+
+    def non_default(self) -> list[tuple[str, Any, str]]:
+        """(key, value, source) for every value that differs from the schema default, sorted by key."""
+        out = []
+        for key in sorted(self.sources):
+            value = OmegaConf.select(self.cfg, key)
+            if isinstance(value, ListConfig):
+                value = OmegaConf.to_container(value)
+            out.append((key, value, self.sources[key]))
+        return out
+
+    def to_yaml(self) -> str:
+        """The whole resolved config as YAML."""
+        return OmegaConf.to_yaml(self.cfg)
+
+    def to_container(self) -> dict:
+        """The whole resolved config as plain nested dicts and lists."""
+        container = OmegaConf.to_container(self.cfg, resolve=True)
+        assert isinstance(container, dict)
+        return container
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+
+
+def find_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The folder of YAML presets: ``$ATFT_CONFIG_DIR`` if set, else the ``configs/`` folder that sits
+    next to a ``pyproject.toml`` in a parent of the installed ``atft`` package (the source checkout)."""
+    env = os.environ if env is None else env
+    configured = env.get(CONFIG_DIR_ENV)
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{CONFIG_DIR_ENV}={configured!r} is not a directory")
+        return path
+    for parent in Path(atft.__file__).resolve().parents:
+        if (parent / "configs").is_dir() and (parent / "pyproject.toml").is_file():
+            return parent / "configs"
+    raise ConfigError(
+        f"Cannot find the configs/ folder of presets above {Path(atft.__file__).parent}; "
+        f"set {CONFIG_DIR_ENV} or pass --preset a path to a .yaml file"
+    )
+
+
+def available_presets(env: Mapping[str, str] | None = None) -> list[str]:
+    """Names of the presets in the configs folder (file names without .yaml / .yml), sorted."""
+    folder = find_config_dir(env)
+    return sorted({p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()})
+
+
+def _looks_like_path(preset: str | Path) -> bool:
+    text = str(preset)
+    return isinstance(preset, Path) or "/" in text or os.sep in text or text.endswith((".yaml", ".yml"))
+
+
+def resolve_preset(preset: str | Path, env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The file of a preset given by name (looked up in the configs folder) or by path, and its label."""
+    if _looks_like_path(preset):
+        path = Path(preset).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"Preset file {path} does not exist")
+        return path, f"preset:{preset}"
+    folder = find_config_dir(env)
+    for suffix in (".yaml", ".yml"):
+        path = folder / f"{preset}{suffix}"
+        if path.is_file():
+            return path, f"preset:{preset}"
+    names = ", ".join(available_presets(env)) or "(none)"
+    raise ConfigError(
+        f"Unknown preset {str(preset)!r}; available presets in {folder}: {names} (or pass a path to a .yaml file)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers: each becomes a list of assignments
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where one assignment came from: the provenance label, and a longer text for error messages."""
+
+    label: str  # "preset:cpu", "env:SHARPE_WEIGHT", "cli"
+    detail: str  # "preset file /.../cpu.yaml", "environment variable SHARPE_WEIGHT='-1'", ...
+
+
+@dataclass
+class _Layer:
+    """One merge layer: the values it sets, already converted to their schema types."""
+
+    assignments: list[tuple[str, Any, _Origin]] = field(default_factory=list)
+
+    def add(self, key: str, value: Any, origin: _Origin) -> None:
+        self.assignments.append((key, coerce_value(key, value, origin.detail), origin))
+
+
+def _with_origin(exc: ConfigError, detail: str) -> ConfigError:
+    """Re-raise a key-lookup error with the place the key was written."""
+    return ConfigError(f"{exc} (in {detail})", key=exc.key)
+
+
+def _preset_layer(path: Path, label: str) -> _Layer:
+    origin = _Origin(label, f"preset file {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        problem = " ".join(str(exc).split())  # YAML errors span several lines; keep the message on one
+        raise ConfigError(f"Cannot read preset file {path}: {problem}") from None
+    if data is None:  # an empty preset changes nothing
+        return _Layer()
+    if not isinstance(data, dict):
+        raise ConfigError(f"Preset file {path} must be a mapping of sections (data:, model:, ...)")
+    layer = _Layer()
+    sections = schema_sections()
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if key in sections:
+                if isinstance(value, dict):
+                    walk(value, key + ".")
+                elif value is not None:  # `model:` with nothing under it is harmless
+                    raise ConfigError(
+                        f"{key} (from {origin.detail}) is a section; expected a mapping, got {value!r}"
+                    )
+                continue
+            try:
+                field_spec(key)
+            except ConfigError as exc:
+                raise _with_origin(exc, origin.detail) from None
+            layer.add(key, value, origin)
+
+    walk(data, "")
+    return layer
+
+
+def _parse_text(key: str, text: str) -> Any:
+    """Turn the text of an override or environment variable into a value, guided by the key's type.
+
+    Text fields are taken verbatim (surrounding quotes removed), so `model.graph.mode=none` or
+    `train.trainer.precision=32` are never re-read by YAML as null or a number. Lists are read as YAML
+    flow sequences (`[1, 5, 10]`); dates in them stay ISO strings. Numbers and booleans are converted
+    by the schema type.
+    """
+    spec = field_spec(key)
+    stripped = text.strip()
+    if is_optional_type(spec.type) and stripped in _NULL_WORDS:
+        return None
+    if is_text_type(spec.type):
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+            return stripped[1:-1]
+        return stripped
+    if is_list_type(spec.type):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return stripped  # not a YAML list: coerce_value reports the type mismatch
+    return stripped
+
+
+def _env_layer(env: Mapping[str, str]) -> _Layer:
+    layer = _Layer()
+    for var, alias in ENV_ALIASES.items():
+        raw = env.get(var)
+        if raw is None or not raw.strip():  # unset or empty: the old system treated both as "not given"
+            continue
+        origin = _Origin(f"env:{var}", f"environment variable {var}={raw!r}")
+        if alias.switch:
+            on = parse_bool(raw)
+            if on is None:
+                raise ConfigError(
+                    f"Environment variable {var}={raw!r} must be a boolean ({BOOL_WORDS}); "
+                    f"when true it sets {alias.key}={alias.when_true!r}",
+                    key=alias.key,
+                )
+            if on:
+                layer.add(alias.key, alias.when_true, origin)
+            continue
+        if field_spec(alias.key).type_name == "bool" and parse_bool(raw) is None:
+            # Say which variable is wrong, in the words users of the old system know.
+            raise ConfigError(
+                f"Environment variable {var}={raw!r} must be a boolean ({BOOL_WORDS}); it sets {alias.key}",
+                key=alias.key,
+            )
+        layer.add(alias.key, _parse_text(alias.key, raw), origin)
+    return layer
+
+
+def _cli_layer(overrides: Sequence[str]) -> _Layer:
+    layer = _Layer()
+    for token in overrides:
+        key, sep, text = token.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"Malformed override {token!r}: expected KEY=VALUE with a dotted key, e.g. train.optimizer.lr=3e-4"
+            )
+        origin = _Origin("cli", f"override {token!r}")
+        try:
+            field_spec(key)
+        except ConfigError as exc:
+            raise _with_origin(exc, origin.detail) from None
+        layer.add(key, _parse_text(key, text), origin)
+    return layer
+
+
+# --------------------------------------------------------------------------------------------------
+# Merging
+# --------------------------------------------------------------------------------------------------
+
+
+def _nest(assignments: list[tuple[str, Any, _Origin]]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}, the shape OmegaConf merges."""
+    root: dict = {}
+    for key, value, _ in assignments:
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return root
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def load_config(
+    preset: str | Path | None = DEFAULT_PRESET,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> ResolvedConfig:
+    """Resolve the configuration from schema defaults, a preset, environment aliases and overrides.
+
+    ``preset`` is a name in the configs folder, a path to a YAML file, or None for the bare schema
+    defaults. ``overrides`` are ``dotted.key=value`` tokens. ``env`` is where aliases (and
+    ``ATFT_CONFIG_DIR``) are read; None means ``os.environ``; pass ``{}`` to ignore the process
+    environment. Raises ConfigError with a one-line message on any problem.
+    """
+    env = os.environ if env is None else env
+    if isinstance(overrides, str):  # a lone "a=b" would otherwise be iterated character by character
+        overrides = (overrides,)
+
+    cfg = OmegaConf.structured(ATFTConfig)
+    origins: dict[str, _Origin] = {}
+
+    def origin_of(key: str) -> str | None:
+        return origins[key].detail if key in origins else None
+
+    def merge(layer: _Layer) -> None:
+        nonlocal cfg
+        for key, _, origin in layer.assignments:
+            origins[key] = origin
+        try:
+            cfg = OmegaConf.merge(cfg, _nest(layer.assignments))
+        except OmegaConfBaseException as exc:  # values are already typed, so this is unexpected
+            where = ", ".join(f"{k} (from {o.detail})" for k, _, o in layer.assignments)
+            raise ConfigError(f"Cannot merge {where}: {' '.join(str(exc).split())}") from None
+        validate(OmegaConf.to_container(cfg), origin_of)
+
+    # Each layer is read and validated in turn, so an error names the first layer that caused it.
+    if preset is not None:
+        merge(_preset_layer(*resolve_preset(preset, env)))
+    merge(_env_layer(env))
+    merge(_cli_layer(overrides))
+
+    OmegaConf.resolve(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    values = _flatten(OmegaConf.to_container(cfg))
+    sources = {
+        key: origins[key].label
+        for key, spec in schema_fields().items()
+        if key in origins and values[key] != spec.default
+    }
+    return ResolvedConfig(cfg=cfg, sources=sources, preset=NO_PRESET if preset is None else str(preset))

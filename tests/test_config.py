@@ -1,0 +1,446 @@
+"""Tests of the typed configuration: presets, overrides, environment aliases, validation, provenance, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from atft.cli import config as config_cli
+from atft.config import (
+    ENV_ALIASES,
+    ATFTConfig,
+    ConfigError,
+    ResolvedConfig,
+    find_config_dir,
+    load_config,
+    schema_fields,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_of(*args, **kwargs) -> str:
+    """The message of the ConfigError that load_config raises (env ignored unless given)."""
+    kwargs.setdefault("env", {})
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    return str(info.value)
+
+
+def write_preset(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults and presets -------------------------------------------------------------------------
+
+
+def test_schema_defaults_load_without_a_preset():
+    resolved = load_config(None, env={})
+    assert isinstance(resolved, ResolvedConfig)
+    assert resolved.preset == "none"
+    assert resolved.sources == {}
+    assert resolved.non_default() == []
+    cfg = resolved.cfg
+    assert OmegaConf.get_type(cfg) is ATFTConfig
+    assert cfg.data.horizons == [1, 5, 10, 20]
+    assert cfg.model.hidden_size == 64
+    assert cfg.train.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.train.trainer.precision == "32"
+    assert cfg.loss.weights.huber == 1.0
+    assert cfg.eval.split == "test"
+    assert set(resolved.to_container()) == {"data", "model", "train", "loss", "eval"}
+    assert "hidden_size: 64" in resolved.to_yaml()
+
+
+def test_resolved_config_is_read_only():
+    resolved = load_config(env={})
+    with pytest.raises(Exception, match="read-only"):
+        resolved.cfg.model.hidden_size = 128
+
+
+def test_config_dir_is_found_next_to_pyproject():
+    assert find_config_dir({}) == REPO / "configs"
+
+
+def test_cpu_preset_is_the_default():
+    resolved = load_config(env={})
+    assert resolved.preset == "cpu"
+    cfg = resolved.cfg
+    assert (cfg.data.lookback, cfg.model.hidden_size, cfg.train.max_epochs) == (20, 64, 25)
+    assert cfg.train.trainer.precision == "32"
+    assert cfg.train.trainer.accelerator == "auto"  # a GPU is used when present
+    # Values equal to the schema default are not provenance, even when the preset restates them.
+    assert resolved.sources == {}
+
+
+def test_production_preset_differs_from_cpu():
+    cpu = load_config("cpu", env={}).cfg
+    prod_resolved = load_config("production", env={})
+    prod = prod_resolved.cfg
+    assert (prod.data.lookback, cpu.data.lookback) == (60, 20)
+    assert (prod.model.hidden_size, cpu.model.hidden_size) == (256, 64)
+    assert (prod.train.trainer.precision, cpu.train.trainer.precision) == ("bf16-mixed", "32")
+    assert (prod.train.trainer.accelerator, cpu.train.trainer.accelerator) == ("gpu", "auto")
+    assert (prod.train.batch.train_batch_size, cpu.train.batch.train_batch_size) == (2048, 4096)
+    assert prod_resolved.sources["model.hidden_size"] == "preset:production"
+
+
+def test_preset_given_as_a_path(tmp_path):
+    path = write_preset(
+        tmp_path, "exp.yaml", "model:\n  dropout: 0.3\ntrain:\n  trainer:\n    precision: 32\n"
+    )
+    resolved = load_config(path, env={})
+    assert resolved.cfg.model.dropout == pytest.approx(0.3)
+    assert resolved.cfg.train.trainer.precision == "32"  # an int in YAML becomes the string Lightning wants
+    assert resolved.sources == {"model.dropout": f"preset:{path}"}
+    assert resolved.preset == str(path)
+
+
+def test_unknown_preset_lists_the_available_ones():
+    message = error_of("gpu")
+    assert "'gpu'" in message
+    assert "cpu" in message and "production" in message
+
+
+def test_preset_with_an_unknown_key_names_the_file_and_suggests(tmp_path):
+    path = write_preset(tmp_path, "bad.yaml", "model:\n  hiden_size: 128\n")
+    message = error_of(path)
+    assert str(path) in message
+    assert "model.hiden_size" in message
+    assert "model.hidden_size" in message.split("Did you mean")[1]
+
+
+def test_preset_with_a_bad_value_names_the_file(tmp_path):
+    path = write_preset(tmp_path, "bad.yaml", "loss:\n  weights:\n    sharpe: -0.5\n")
+    message = error_of(path)
+    assert str(path) in message
+    assert "loss.weights.sharpe" in message and ">= 0" in message
+
+
+def test_named_preset_from_atft_config_dir(tmp_path):
+    write_preset(tmp_path, "mine.yaml", "model:\n  hidden_size: 96\n")
+    resolved = load_config("mine", env={"ATFT_CONFIG_DIR": str(tmp_path)})
+    assert resolved.cfg.model.hidden_size == 96
+    assert resolved.sources == {"model.hidden_size": "preset:mine"}
+    assert "mine" in error_of("cpu", env={"ATFT_CONFIG_DIR": str(tmp_path)})
+
+
+def test_shipped_presets_only_use_known_keys():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        resolved = load_config(path, env={})
+        assert all(key in schema_fields() for key in resolved.sources)
+
+
+# --- command-line overrides -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "key", "expected"),
+    [
+        ("train.batch.train_batch_size=2048", "train.batch.train_batch_size", 2048),
+        ("train.optimizer.lr=3e-4", "train.optimizer.lr", 3e-4),
+        ("model.fan.enabled=false", "model.fan.enabled", False),
+        ("loss.listnet.enabled=YES", "loss.listnet.enabled", True),
+        ("train.trainer.precision=bf16-mixed", "train.trainer.precision", "bf16-mixed"),
+        ("model.graph.mode=none", "model.graph.mode", "none"),
+        ("data.raw_dir=/data/raw", "data.raw_dir", "/data/raw"),
+        ("data.split.train=[2000-01-03,2012-11-30]", "data.split.train", ["2000-01-03", "2012-11-30"]),
+        ("model.quantiles=[0.1, 0.5, 0.9]", "model.quantiles", [0.1, 0.5, 0.9]),
+    ],
+)
+def test_dotted_override_sets_a_typed_value(token, key, expected):
+    resolved = load_config(None, [token], env={})
+    value = OmegaConf.select(resolved.cfg, key)
+    if isinstance(expected, list):
+        value = OmegaConf.to_container(value)
+    assert value == expected
+    assert type(value) is type(expected)
+    assert resolved.sources == {key: "cli"}
+
+
+def test_several_overrides_and_linked_lists_together():
+    resolved = load_config(
+        "production",
+        [
+            "model.hidden_size=384",
+            "data.horizons=[1,5]",
+            "loss.horizon_weights=[1.0,0.5]",
+            "data.raw_dir=null",
+        ],
+        env={},
+    )
+    assert resolved.cfg.model.hidden_size == 384
+    assert list(resolved.cfg.data.horizons) == [1, 5]
+    assert list(resolved.cfg.loss.horizon_weights) == [1.0, 0.5]
+    assert resolved.cfg.data.raw_dir is None
+    assert resolved.sources["model.hidden_size"] == "cli"
+    assert "data.raw_dir" not in resolved.sources  # null is its default
+
+
+def test_precision_given_as_a_number_is_the_string_32():
+    resolved = load_config("production", ["train.trainer.precision=32"], env={})
+    assert resolved.cfg.train.trainer.precision == "32"
+    assert "train.trainer.precision" not in resolved.sources  # back at the schema default
+
+
+def test_unknown_override_key_suggests_the_closest():
+    message = error_of(None, ["train.optimizer.lrr=3e-4"])
+    assert "'train.optimizer.lrr'" in message
+    assert "Did you mean 'train.optimizer.lr'" in message
+    assert "train.optimizer.lrr=3e-4" in message  # the token
+
+
+def test_override_of_a_section_is_refused():
+    message = error_of(None, ["model.fan=3"])
+    assert "model.fan" in message and "section" in message
+
+
+@pytest.mark.parametrize(
+    ("token", "expected_type", "given"),
+    [
+        ("model.hidden_size=abc", "expected int", "'abc'"),
+        ("train.max_epochs=2.5", "expected int", "'2.5'"),
+        ("train.optimizer.lr=fast", "expected float", "'fast'"),
+        ("model.fan.enabled=maybe", "expected bool", "'maybe'"),
+        ("data.horizons=5", "expected list[int]", "5"),
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(token, expected_type, given):
+    message = error_of(None, [token])
+    key = token.split("=")[0]
+    assert message.startswith(key)
+    assert expected_type in message
+    assert f"got {given}" in message
+
+
+@pytest.mark.parametrize(
+    ("token", "where", "allowed"),
+    [
+        ("loss.weights.sharpe=-1", "loss.weights.sharpe", "must be >= 0"),
+        ("train.optimizer.lr=0", "train.optimizer.lr", "must be > 0"),
+        ("model.dropout=1.0", "model.dropout", "must be in [0, 1)"),
+        ("data.horizons=[1,300]", "data.horizons[1]", "must be in [1, 260]"),
+        ("model.hidden_size=4", "model.hidden_size", "must be >= 8"),
+    ],
+)
+def test_out_of_range_names_key_and_range(token, where, allowed):
+    message = error_of(None, [token])
+    assert message.startswith(where)
+    assert allowed in message
+    assert token in message
+
+
+def test_bad_choice_lists_the_choices():
+    message = error_of(None, ["train.trainer.precision=fp8"])
+    assert message.startswith("train.trainer.precision")
+    assert "'fp8'" in message
+    assert "'32', 'bf16-mixed', '16-mixed'" in message
+
+
+def test_horizon_weights_must_match_horizons():
+    message = error_of(None, ["data.horizons=[1,5]"])
+    assert "loss.horizon_weights" in message and "data.horizons" in message
+    assert "one weight per horizon" in message
+
+
+@pytest.mark.parametrize("token", ["model.hidden_size", "=3", "hidden_size 64"])
+def test_malformed_token_is_named(token):
+    message = error_of(None, [token])
+    assert "Malformed override" in message
+    assert repr(token) in message
+
+
+# --- environment aliases --------------------------------------------------------------------------
+
+# For every alias: the text of the variable, and the value it must produce (each differs from the default).
+ALIAS_CASES = {
+    "SHARPE_WEIGHT": ("0.3", 0.3),
+    "RANKIC_WEIGHT": ("0.2", 0.2),
+    "CS_IC_WEIGHT": ("0.15", 0.15),
+    "HUBER_WEIGHT": ("0.5", 0.5),
+    "USE_LISTNET_LOSS": ("1", True),
+    "LISTNET_WEIGHT": ("0.4", 0.4),
+    "LISTNET_TAU": ("0.5", 0.5),
+    "LISTNET_TOPK": ("20", 20),
+    "TRAIN_SCHEDULER": ("plateau", "plateau"),
+    "WARMUP_EPOCHS": ("0", 0),
+    "PRED_HEAD_VARIANT": ("apex", "apex"),
+    "PRED_HEAD_INIT_STD": ("0.02", 0.02),
+    "PRED_HEAD_LAYER_SCALE": ("0.1", 0.1),
+    "PRED_HEAD_USE_LAYERNORM": ("true", True),
+    "ENABLE_PREDICTION_HEAD_DIAGNOSTICS": ("0", False),
+    "GRAD_MONITOR_EVERY": ("10", 10),
+    "DISABLE_GRAPH_BUILDER": ("yes", "none"),
+    "BYPASS_GAT_COMPLETELY": ("TRUE", False),
+}
+
+ALIAS_KEYS = {
+    "SHARPE_WEIGHT": "loss.weights.sharpe",
+    "RANKIC_WEIGHT": "loss.weights.rankic",
+    "CS_IC_WEIGHT": "loss.weights.cs_ic",
+    "HUBER_WEIGHT": "loss.weights.huber",
+    "USE_LISTNET_LOSS": "loss.listnet.enabled",
+    "LISTNET_WEIGHT": "loss.weights.listnet",
+    "LISTNET_TAU": "loss.listnet.tau",
+    "LISTNET_TOPK": "loss.listnet.topk",
+    "TRAIN_SCHEDULER": "train.scheduler.name",
+    "WARMUP_EPOCHS": "train.scheduler.warmup_epochs",
+    "PRED_HEAD_VARIANT": "model.head.variant",
+    "PRED_HEAD_INIT_STD": "model.head.init_std",
+    "PRED_HEAD_LAYER_SCALE": "model.head.layer_scale",
+    "PRED_HEAD_USE_LAYERNORM": "model.head.use_layernorm",
+    "ENABLE_PREDICTION_HEAD_DIAGNOSTICS": "train.diagnostics.head_diagnostics",
+    "GRAD_MONITOR_EVERY": "train.diagnostics.grad_monitor_every",
+    "DISABLE_GRAPH_BUILDER": "model.graph.mode",
+    "BYPASS_GAT_COMPLETELY": "model.gat.enabled",
+}
+
+
+def test_alias_table_is_exactly_the_documented_set():
+    assert set(ENV_ALIASES) == set(ALIAS_CASES) == set(ALIAS_KEYS)
+    assert {var: alias.key for var, alias in ENV_ALIASES.items()} == ALIAS_KEYS
+
+
+@pytest.mark.parametrize("var", sorted(ALIAS_CASES))
+def test_env_alias_sets_its_key(var):
+    text, expected = ALIAS_CASES[var]
+    key = ALIAS_KEYS[var]
+    resolved = load_config(None, env={var: text})
+    value = OmegaConf.select(resolved.cfg, key)
+    assert value == pytest.approx(expected) if isinstance(expected, float) else value == expected
+    assert type(value) is type(expected)
+    assert resolved.sources == {key: f"env:{var}"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("0", False), ("true", True), ("False", False), ("YES", True), ("no", False)],
+)
+def test_bool_alias_accepts_the_usual_spellings(text, expected):
+    resolved = load_config(None, env={"PRED_HEAD_USE_LAYERNORM": text})
+    assert resolved.cfg.model.head.use_layernorm is expected
+
+
+@pytest.mark.parametrize("var", ["DISABLE_GRAPH_BUILDER", "BYPASS_GAT_COMPLETELY"])
+def test_false_switch_alias_sets_nothing(var):
+    resolved = load_config(None, env={var: "0"})
+    assert resolved.cfg.model.graph.mode == "correlation"
+    assert resolved.cfg.model.gat.enabled is True
+    assert resolved.sources == {}
+
+
+@pytest.mark.parametrize("var", ["USE_LISTNET_LOSS", "DISABLE_GRAPH_BUILDER", "PRED_HEAD_USE_LAYERNORM"])
+def test_bad_bool_env_value_names_the_variable(var):
+    message = error_of(None, env={var: "maybe"})
+    assert var in message
+    assert "'maybe'" in message
+    assert "true/false" in message
+
+
+def test_bad_env_value_names_variable_and_key():
+    message = error_of(None, env={"SHARPE_WEIGHT": "-1"})
+    assert "loss.weights.sharpe" in message and "SHARPE_WEIGHT" in message and ">= 0" in message
+    message = error_of(None, env={"TRAIN_SCHEDULER": "cosine"})
+    assert "TRAIN_SCHEDULER" in message and "'warmup_cosine', 'plateau', 'constant'" in message
+
+
+def test_empty_env_value_is_ignored():
+    assert load_config(None, env={"SHARPE_WEIGHT": ""}).sources == {}
+
+
+# --- precedence and provenance --------------------------------------------------------------------
+
+
+def test_precedence_preset_then_env_then_cli(tmp_path):
+    path = write_preset(
+        tmp_path,
+        "exp.yaml",
+        "loss:\n  weights:\n    sharpe: 0.1\n    rankic: 0.9\nmodel:\n  hidden_size: 128\n",
+    )
+    env = {"SHARPE_WEIGHT": "0.2", "RANKIC_WEIGHT": "0.8", "PRED_HEAD_VARIANT": "apex"}
+    resolved = load_config(path, ["loss.weights.sharpe=0.3"], env=env)
+    cfg = resolved.cfg
+    assert cfg.loss.weights.sharpe == pytest.approx(0.3)  # cli beats env beats preset
+    assert cfg.loss.weights.rankic == pytest.approx(0.8)  # env beats preset
+    assert cfg.model.hidden_size == 128  # preset beats default
+    assert resolved.sources == {
+        "loss.weights.sharpe": "cli",
+        "loss.weights.rankic": "env:RANKIC_WEIGHT",
+        "model.head.variant": "env:PRED_HEAD_VARIANT",
+        "model.hidden_size": f"preset:{path}",
+    }
+    assert resolved.non_default() == [
+        ("loss.weights.rankic", pytest.approx(0.8), "env:RANKIC_WEIGHT"),
+        ("loss.weights.sharpe", pytest.approx(0.3), "cli"),
+        ("model.head.variant", "apex", "env:PRED_HEAD_VARIANT"),
+        ("model.hidden_size", 128, f"preset:{path}"),
+    ]
+
+
+def test_env_none_reads_the_process_environment(monkeypatch):
+    monkeypatch.setenv("LISTNET_TOPK", "7")
+    resolved = load_config(None)
+    assert resolved.cfg.loss.listnet.topk == 7
+    assert resolved.sources["loss.listnet.topk"] == "env:LISTNET_TOPK"
+
+
+# --- docs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var", sorted(ALIAS_KEYS))
+def test_docs_table_lists_every_alias(var):
+    rows = [line for line in (REPO / "docs" / "config.md").read_text().splitlines() if f"| `{var}` |" in line]
+    assert len(rows) == 1
+    assert f"`{ALIAS_KEYS[var]}`" in rows[0]
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+# Run the CLI with every alias variable unset, whatever the calling shell has exported.
+CLEAN_ENV = dict.fromkeys([*ENV_ALIASES, "ATFT_CONFIG_DIR"])
+
+
+def test_show_prints_yaml_and_sources():
+    runner = CliRunner()
+    result = runner.invoke(
+        config_cli.app,
+        ["show", "--preset", "production", "train.optimizer.lr=3e-4"],
+        env={**CLEAN_ENV, "SHARPE_WEIGHT": "0.25"},
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "hidden_size: 256" in out  # the YAML
+    table = out[out.index("Non-default values") :]
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") >= 3}
+    assert "0.0003" in rows["train.optimizer.lr"] and "cli" in rows["train.optimizer.lr"]
+    assert "env:SHARPE_WEIGHT" in rows["loss.weights.sharpe"]
+    assert "preset:production" in rows["model.hidden_size"]
+
+
+def test_show_error_is_one_clean_line_with_exit_code_2():
+    result = CliRunner().invoke(config_cli.app, ["show", "model.hidden_size=abc"], env=CLEAN_ENV)
+    assert result.exit_code == 2
+    err = result.stderr.strip()
+    assert "\n" not in err
+    assert err.startswith("error: model.hidden_size")
+    assert "expected int" in err
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_show_unknown_preset_exits_2():
+    result = CliRunner().invoke(config_cli.app, ["show", "--preset", "nope"], env=CLEAN_ENV)
+    assert result.exit_code == 2
+    assert "production" in result.stderr
+
+
+def test_show_help_describes_the_command():
+    result = CliRunner().invoke(config_cli.app, ["show", "--help"])
+    assert result.exit_code == 0
+    assert "--preset" in result.stdout
+    assert "where it came from" in result.stdout

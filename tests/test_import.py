@@ -1,0 +1,618 @@
+"""The real-data importer on small hand-made files: layouts, every check and repair, strict mode, atomicity."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from atft.data.importer import DataImportError, import_market
+from atft.data.store import LISTED_INFO_SCHEMA, PRICE_SCHEMA, RawStore, StoreError
+
+HEADER = "date,code,open,high,low,close,volume"
+
+
+def write(path: Path, *lines: str) -> Path:
+    """Write a text file from lines (a trailing newline included) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def clean_csv(path: Path) -> Path:
+    """Two codes over three days, nothing to repair."""
+    return write(
+        path,
+        HEADER,
+        "2024-01-04,1111,100,110,95,105,1000",
+        "2024-01-05,1111,105,112,101,110,1200",
+        "2024-01-09,1111,110,111,100,104,900",
+        "2024-01-04,2222,50,52,49,51,300",
+        "2024-01-05,2222,51,53,50,52,350",
+        "2024-01-09,2222,52,54,51,53,400",
+    )
+
+
+def checks(manifest: dict) -> dict:
+    return manifest["checks"]
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+def test_long_csv_roundtrip(tmp_path):
+    stages: list[str] = []
+    m = import_market(clean_csv(tmp_path / "prices.csv"), tmp_path / "store", progress=stages.append)
+    store = RawStore.read(tmp_path / "store")
+    assert dict(store.prices.schema) == PRICE_SCHEMA
+    assert dict(store.listed_info.schema) == LISTED_INFO_SCHEMA
+    assert store.prices.height == m["rows"] == 6
+    assert store.prices["code"].to_list() == ["1111"] * 3 + ["2222"] * 3
+    assert store.prices.equals(store.prices.sort("code", "date"))
+    assert m["kind"] == "imported"
+    assert m["source"]["prices"]["layout"] == "long_csv"
+    assert m["source"]["prices"]["path"] == str((tmp_path / "prices.csv").resolve())
+    assert m["codes"] == 2 and m["dates"] == 3
+    assert m["date_range"] == ["2024-01-04", "2024-01-09"]
+    # zero counts are written too, so users see what was checked
+    for key in (
+        "duplicate_rows_identical",
+        "null_ohlc_rows",
+        "partial_null_ohlc_rows",
+        "non_positive_price_rows",
+        "negative_volume_rows",
+        "null_volume_rows",
+        "high_below_low_swapped",
+        "ohlc_range_widened",
+        "codes_out_of_order",
+        "ragged_start_codes",
+        "ragged_end_codes",
+        "internal_gap_rows",
+        "extreme_moves",
+        "listed_codes_without_prices",
+    ):
+        assert checks(m)[key] == 0, key
+    assert checks(m)["codes_without_sector"] == 2  # no listed_info given
+    assert m["repairs_total"] == 0 and m["quarantined_rows"] == 0
+    assert "rejected_rows" not in m["tables"]
+    assert stages[0] == "reading prices" and "writing store" in stages
+    assert m["format_version"] == 1 and "created_at" in m
+
+
+def test_no_listed_info_means_every_code_lacks_a_sector(tmp_path):
+    m = import_market(clean_csv(tmp_path / "p.csv"), tmp_path / "store")
+    assert checks(m)["codes_without_sector"] == 2
+    li = RawStore.read(tmp_path / "store").listed_info
+    assert li["code"].to_list() == ["1111", "2222"] and li["sector"].null_count() == 2
+
+
+def test_long_parquet_with_integer_codes_and_turnover(tmp_path):
+    df = pl.DataFrame(
+        {
+            "Date": [dt.date(2024, 1, 4), dt.date(2024, 1, 5)] * 2,
+            "Code": [7203, 7203, 6758, 6758],
+            "Open": [1.0, 2.0, 3.0, 4.0],
+            "High": [1.5, 2.5, 3.5, 4.5],
+            "Low": [0.5, 1.5, 2.5, 3.5],
+            "Close": [1.2, 2.2, 3.2, 4.2],
+            "Volume": [10, 20, 30, 40],
+            "TurnoverValue": [1e3, 2e3, 3e3, 4e3],
+        }
+    )
+    df.write_parquet(tmp_path / "p.parquet")
+    m = import_market(tmp_path / "p.parquet", tmp_path / "store")
+    prices = RawStore.read(tmp_path / "store").prices
+    assert m["source"]["prices"]["layout"] == "long_parquet"
+    assert prices["code"].unique().sort().to_list() == ["6758", "7203"]
+    assert prices["turnover"].to_list() == [3e3, 4e3, 1e3, 2e3]
+
+
+def test_aliases_case_spaces_and_float_codes(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        " Date , Ticker ,OPEN,High,low,Close,VOLUME,Note",
+        "2024/01/04,7203.0, 10 ,11,9,10.5,,first",
+        "20240105,7203,10,11,9,10.5,5,second",
+    )
+    m = import_market(tmp_path / "p.csv", tmp_path / "store")
+    prices = RawStore.read(tmp_path / "store").prices
+    assert prices["code"].to_list() == ["7203", "7203"]
+    assert prices["date"].to_list() == [dt.date(2024, 1, 4), dt.date(2024, 1, 5)]
+    assert prices["open"].to_list() == [10.0, 10.0]
+    assert checks(m)["null_volume_rows"] == 1  # kept, volume null
+    assert prices["volume"].null_count() == 1
+
+
+def test_ticker_folder_with_time_zones_and_adj_close(tmp_path):
+    folder = tmp_path / "quotes"
+    write(
+        folder / "7203.T.csv",
+        "Date,Open,High,Low,Close,Adj Close,Volume",
+        "2021-05-27 00:00:00+09:00,100,110,90,100,50,1000",
+        "2021-05-28 00:00:00+09:00,100,120,95,110,55,2000",
+    )
+    write(
+        folder / "6758.csv",
+        "Date,Open,High,Low,Close,Volume",
+        "2021-05-27T00:00:00Z,10,11,9,10,100",
+        "2021-05-28T00:00:00Z,10,12,9,11,200",
+    )
+    write(folder / "README.txt", "not a quote file")
+    m = import_market(folder, tmp_path / "store")
+    prices = RawStore.read(tmp_path / "store").prices
+    assert m["source"]["prices"] == {
+        "path": str(folder.resolve()),
+        "layout": "ticker_folder",
+        "files": 2,
+        "ignored_files": ["README.txt"],
+        "adjusted_files": 1,
+    }
+    assert checks(m)["adj_close_adjusted_files"] == 1
+    assert prices["date"].unique().sort().to_list() == [dt.date(2021, 5, 27), dt.date(2021, 5, 28)]
+    toyota = prices.filter(pl.col("code") == "7203")
+    # factor = Adj Close / Close: 0.5 on both days
+    assert toyota["close"].to_list() == [50.0, 55.0]
+    assert toyota["open"].to_list() == [50.0, 50.0]
+    assert toyota["high"].to_list() == [55.0, 60.0]
+    assert toyota["low"].to_list() == [45.0, 47.5]
+    sony = prices.filter(pl.col("code") == "6758")
+    assert sony["close"].to_list() == [10.0, 11.0]  # no Adj Close: unchanged
+
+
+def test_index_file_and_folder(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    write(tmp_path / "idx.csv", "Date,Open,High,Low,Close", "2024-01-04,1,2,1,2", "2024-01-05,2,3,2,3")
+    m = import_market(prices, tmp_path / "s1", index=tmp_path / "idx.csv")
+    index = RawStore.read(tmp_path / "s1").index
+    assert index.height == 2 and index["volume"].null_count() == 2
+    assert m["checks"]["index"]["rows"] == 2
+    assert m["checks"]["index"]["price_dates_missing_in_index"] == 1
+    write(tmp_path / "idxdir" / "^N225.csv", "Date,Open,High,Low,Close,Volume", "2024-01-04,1,2,1,2,5")
+    m = import_market(prices, tmp_path / "s2", index=tmp_path / "idxdir")
+    assert m["source"]["index"]["layout"] == "ticker_folder"
+    assert RawStore.read(tmp_path / "s2").index["volume"].to_list() == [5.0]
+
+
+def test_listed_info_sector_precedence_and_coverage(tmp_path):
+    prices = write(
+        tmp_path / "p.csv",
+        HEADER,
+        "2024-01-04,1111,1,1,1,1,1",
+        "2024-01-04,2222,1,1,1,1,1",
+        "2024-01-04,3333,1,1,1,1,1",
+        "2024-01-04,4444,1,1,1,1,1",
+    )
+    write(
+        tmp_path / "li.csv",
+        "as_of,code,name,market,sector33_code,sector33_name,sector17_code,sector17_name",
+        "20211230,1111,A,Prime,1050,Mining,2,Energy ",
+        "20211230,2222,B,Prime,2050,Construction,,",
+        "20211230,3333,C,Prime,,,,",
+        "20211230,9999,Z,Prime,3050,Foods,1,Food",
+    )
+    m = import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.csv")
+    li = RawStore.read(tmp_path / "store").listed_info
+    sectors = dict(zip(li["code"].to_list(), li["sector"].to_list(), strict=True))
+    assert sectors == {"1111": "Energy", "2222": "Construction", "3333": None, "4444": None, "9999": "Food"}
+    assert li.filter(pl.col("code") == "1111")["sector33_code"].to_list() == [1050]
+    assert checks(m)["codes_without_sector"] == 2
+    assert m["details"]["codes_without_sector"] == ["3333", "4444"]
+    assert checks(m)["listed_codes_without_prices"] == 1
+
+
+def test_listed_info_minimal_parquet_and_duplicates(tmp_path):
+    prices = write(tmp_path / "p.csv", HEADER, "2024-01-04,1111,1,1,1,1,1")
+    pl.DataFrame(
+        {"code": [1111, 1111], "sector": ["Old", "New"], "as_of": [20200101, 20230101]}
+    ).write_parquet(tmp_path / "li.parquet")
+    m = import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.parquet")
+    assert RawStore.read(tmp_path / "store").listed_info["sector"].to_list() == ["New"]
+    assert checks(m)["listed_info"]["duplicate_codes"] == 1
+    with pytest.raises(DataImportError, match=r"li\.parquet row 0: code 1111 appears on several rows"):
+        import_market(prices, tmp_path / "strict", listed_info=tmp_path / "li.parquet", strict=True)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataImportError, match="prices path .*nope.csv does not exist"):
+        import_market(tmp_path / "nope.csv", tmp_path / "store")
+    prices = clean_csv(tmp_path / "p.csv")
+    with pytest.raises(DataImportError, match="index path .*nope does not exist"):
+        import_market(prices, tmp_path / "store", index=tmp_path / "nope")
+
+
+def test_unsupported_extension(tmp_path):
+    write(tmp_path / "prices.xlsx", "x")
+    with pytest.raises(DataImportError, match=r"prices\.xlsx: unsupported extension '.xlsx'"):
+        import_market(tmp_path / "prices.xlsx", tmp_path / "store")
+
+
+def test_empty_file_header_only_and_empty_folder(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataImportError, match=r"empty\.csv is empty"):
+        import_market(tmp_path / "empty.csv", tmp_path / "store")
+    write(tmp_path / "header.csv", HEADER)
+    with pytest.raises(DataImportError, match=r"header\.csv has no data rows"):
+        import_market(tmp_path / "header.csv", tmp_path / "store")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataImportError, match="folder .*folder contains no .csv files"):
+        import_market(tmp_path / "folder", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_column_lists_the_columns_found(tmp_path):
+    write(tmp_path / "p.csv", "date,code,open,high,low,volume", "2024-01-04,1,1,1,1,1")
+    with pytest.raises(DataImportError) as e:
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+    msg = str(e.value)
+    assert "p.csv" in msg and "missing required column 'close'" in msg and "'open', 'high'" in msg
+
+
+def test_unparseable_date_names_line_and_value(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-01-04,1,1,1,1,1,1", "", "04.01.2024,1,1,1,1,1,1")
+    # the blank line 3 still counts: the bad row is on line 4
+    with pytest.raises(
+        DataImportError, match=r"p\.csv line 4: column 'date': unparseable date: '04\.01\.2024'"
+    ):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_impossible_date(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-02-30,1,1,1,1,1,1")
+    with pytest.raises(DataImportError, match=r"line 2: column 'date': unparseable date: '2024-02-30'"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_non_numeric_price_names_line_column_value(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        "Date,Code,Open,High,Low,Close,Volume",
+        "2024-01-04,1,1,1,1,1,1",
+        "2024-01-05,1,1,1,1,abc,1",
+    )
+    with pytest.raises(DataImportError, match=r"p\.csv line 3: column 'Close': not a number: 'abc'"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_parquet_errors_name_the_row_index(tmp_path):
+    pl.DataFrame(
+        {
+            "date": ["2024-01-04", "bad"],
+            "code": ["1", "1"],
+            **{c: [1.0, 1.0] for c in "open high low close volume".split()},
+        }
+    ).write_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataImportError, match=r"p\.parquet row 1: column 'date': unparseable date: 'bad'"):
+        import_market(tmp_path / "p.parquet", tmp_path / "store")
+
+
+def test_missing_code(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-01-04,,1,1,1,1,1")
+    with pytest.raises(DataImportError, match=r"line 2: column 'code': missing code"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_ambiguous_columns(tmp_path):
+    write(tmp_path / "p.csv", "date,code,ticker,open,high,low,close,volume", "2024-01-04,1,1,1,1,1,1,1")
+    with pytest.raises(DataImportError, match="columns 'code' and 'ticker' both look like 'code'"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_index_folder_needs_exactly_one_csv(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    write(tmp_path / "idx" / "a.csv", "Date,Open,High,Low,Close", "2024-01-04,1,1,1,1")
+    write(tmp_path / "idx" / "b.csv", "Date,Open,High,Low,Close", "2024-01-04,1,1,1,1")
+    with pytest.raises(DataImportError, match="exactly one .csv file, found 2"):
+        import_market(prices, tmp_path / "store", index=tmp_path / "idx")
+
+
+def test_listed_info_without_sector_column(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    write(tmp_path / "li.csv", "code,name", "1111,A")
+    with pytest.raises(DataImportError, match=r"li\.csv: missing a sector column .*'code', 'name'"):
+        import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.csv")
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    import_market(prices, tmp_path / "store")
+    with pytest.raises(StoreError, match="already exists"):
+        import_market(prices, tmp_path / "store")
+    import_market(prices, tmp_path / "store", overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------ checks and repairs
+
+
+def messy_csv(path: Path) -> Path:
+    """One long CSV with one of every problem; the expected counts are in ``test_messy_counts``."""
+    return write(
+        path,
+        HEADER + ",comment",
+        "2024-01-04,1111,100,110,95,105,1000,ok",  # 2
+        "2024-01-04,1111,100,110,95,105,1000,identical duplicate",  # 3
+        "2024-01-08,1111,,,,,1000,null ohlc",  # 4
+        "2024-01-05,1111,105,112,101,110,,null volume; out of order after line 4",  # 5
+        "2024-01-09,1111,110,100,105,104,900,high below low",  # 6
+        "2024-01-10,1111,104,106,103,108,900,close above high",  # 7
+        "2024-01-11,1111,108,109,107,,900,null close",  # 8
+        "2024-01-12,1111,108,109,,108,900,partial null",  # 9
+        "2024-01-15,1111,108,109,0,108,900,zero low",  # 10
+        "2024-01-16,1111,108,109,107,108,-5,negative volume",  # 11
+        "2024-01-17,1111,108,150,107,150,900,extreme move +39%",  # 12
+        "2024-01-05,2222,50,52,49,51,300,starts late",  # 13
+        "2024-01-09,2222,51,53,50,52,350,gap on 01-08",  # 14
+        "2024-01-10,2222,52,54,51,53,400,ends early",  # 15
+        "2024-01-04,3333,10,10,10,10,1,full",  # 16
+        "2024-01-05,3333,10,10,10,10,1,full",  # 17
+        "2024-01-08,3333,10,10,10,10,1,full",  # 18
+        "2024-01-09,3333,10,10,10,10,1,full",  # 19
+        "2024-01-10,3333,10,10,10,10,1,full",  # 20
+        "2024-01-17,3333,10,10,10,10,1,full",  # 21
+    )
+
+
+def test_messy_counts(tmp_path):
+    m = import_market(messy_csv(tmp_path / "messy.csv"), tmp_path / "store")
+    c = checks(m)
+    assert c["duplicate_rows_identical"] == 1
+    assert c["null_ohlc_rows"] == 1
+    assert c["partial_null_ohlc_rows"] == 2
+    assert c["non_positive_price_rows"] == 1
+    assert c["negative_volume_rows"] == 1
+    assert c["null_volume_rows"] == 1
+    assert c["high_below_low_swapped"] == 1
+    assert c["ohlc_range_widened"] == 2  # line 6 (after the swap, high 105 < open 110) and line 7
+    assert c["codes_out_of_order"] == 1 and m["details"]["codes_out_of_order"] == ["1111"]
+    assert c["ragged_start_codes"] == 1  # 2222
+    assert c["ragged_end_codes"] == 1  # 2222
+    # calendar: 01-04 05 08 09 10 17 (quarantined rows add no dates): 1111 and 2222 each lack 01-08
+    assert c["internal_gap_rows"] == 2
+    assert m["details"]["internal_gap_top_codes"] == [
+        {"code": "1111", "gaps": 1},
+        {"code": "2222", "gaps": 1},
+    ]
+    assert c["extreme_moves"] == 1
+    move = m["details"]["extreme_moves"][0]
+    assert (
+        move["code"] == "1111"
+        and move["date"] == "2024-01-17"
+        and move["return"] == pytest.approx(150 / 108 - 1)
+    )
+    assert m["quarantined_rows"] == 5
+    assert m["repairs_total"] == 1 + 1 + 2 + 1
+    assert m["input_rows"] == 20
+    assert m["input_rows"] == m["rows"] + m["quarantined_rows"] + c["duplicate_rows_identical"]
+
+
+def test_messy_repaired_values_and_rejected_rows(tmp_path):
+    import_market(messy_csv(tmp_path / "messy.csv"), tmp_path / "store")
+    prices = RawStore.read(tmp_path / "store").prices
+    a = prices.filter(pl.col("code") == "1111")
+    assert a["date"].is_sorted()
+    swapped = a.filter(pl.col("date") == dt.date(2024, 1, 9)).row(0, named=True)
+    assert (swapped["high"], swapped["low"]) == (110.0, 100.0)  # 100/105 swapped, then widened to open 110
+    widened = a.filter(pl.col("date") == dt.date(2024, 1, 10)).row(0, named=True)
+    assert (widened["high"], widened["low"]) == (108.0, 103.0)
+    rejected = pl.read_parquet(tmp_path / "store" / "rejected_rows.parquet")
+    assert rejected.columns[:4] == ["table", "source_file", "source_row", "reason"]
+    assert "comment" in rejected.columns  # original columns travel with the row
+    assert dict(zip(rejected["source_row"].to_list(), rejected["reason"].to_list(), strict=True)) == {
+        4: "null_ohlc",
+        8: "partial_null_ohlc",
+        9: "partial_null_ohlc",
+        10: "non_positive_price",
+        11: "negative_volume",
+    }
+    assert rejected["source_file"].unique().to_list() == [str((tmp_path / "messy.csv").resolve())]
+    assert rejected.filter(pl.col("source_row") == 4)["volume"].to_list() == [1000.0]
+
+
+def test_conflicting_duplicates_always_fail(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        HEADER,
+        "2024-01-04,1111,100,110,95,105,1000",
+        "2024-01-05,1111,100,110,95,105,1000",
+        "2024-01-04,1111,100,110,95,106,1000",
+    )
+    with pytest.raises(DataImportError) as e:
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+    msg = str(e.value)
+    assert "p.csv" in msg and "code 1111" in msg and "2024-01-04" in msg
+    assert "line 2" in msg and "line 4" in msg and "close=105.0" in msg and "close=106.0" in msg
+
+
+def test_extreme_moves_note_index_moves(tmp_path):
+    prices = write(
+        tmp_path / "p.csv",
+        HEADER,
+        "2024-08-01,1111,100,100,100,100,1",
+        "2024-08-02,1111,100,100,70,70,1",
+        "2024-08-05,1111,70,100,70,100,1",
+    )
+    index = write(
+        tmp_path / "idx.csv",
+        "Date,Open,High,Low,Close",
+        "2024-08-01,100,100,100,100",
+        "2024-08-02,100,100,88,88",
+        "2024-08-05,88,90,87,89",
+    )
+    m = import_market(prices, tmp_path / "store", index=index, extreme_move=0.25)
+    moves = m["details"]["extreme_moves"]
+    assert checks(m)["extreme_moves"] == 2 and checks(m)["extreme_moves_with_index_move"] == 1
+    assert [(x["date"], x["index_moved"]) for x in moves] == [("2024-08-02", True), ("2024-08-05", False)]
+    assert import_market(prices, tmp_path / "s2", extreme_move=0.5)["checks"]["extreme_moves"] == 0
+
+
+def test_index_gets_the_same_checks(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    index = write(
+        tmp_path / "idx.csv",
+        "Date,Open,High,Low,Close,Volume",
+        "2024-01-05,2,3,2,3,1",
+        "2024-01-04,1,2,1,2,1",
+        "2024-01-04,1,2,1,2,1",
+        "2024-01-09,,,,,1",
+        "2024-01-10,3,2,4,3,1",
+    )
+    m = import_market(prices, tmp_path / "store", index=index)
+    ci = checks(m)["index"]
+    assert ci["input_rows"] == 5 and ci["rows"] == 3
+    assert ci["duplicate_rows_identical"] == 1
+    assert ci["null_ohlc_rows"] == 1
+    assert ci["dates_out_of_order"] == 1
+    assert ci["high_below_low_swapped"] == 1
+    rejected = pl.read_parquet(tmp_path / "store" / "rejected_rows.parquet")
+    assert rejected["table"].to_list() == ["index"] and rejected["code"].to_list() == [None]
+    assert RawStore.read(tmp_path / "store").index["date"].is_sorted()
+
+
+def test_blank_lines_are_counted(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-01-04,1,1,1,1,1,1", "", ",,,,,,", "2024-01-05,1,1,1,1,1,1")
+    m = import_market(tmp_path / "p.csv", tmp_path / "store")
+    assert checks(m)["blank_lines_skipped"] == 2 and m["rows"] == 2
+
+
+def test_everything_quarantined_is_an_error(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-01-04,1,,,,,1")
+    with pytest.raises(DataImportError, match="no valid price rows left"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+# ------------------------------------------------------------------------------------------ strict mode
+
+STRICT_CASES = {
+    "identical duplicate": (
+        "2024-01-04,1111,1,1,1,1,1",
+        r"identical duplicate rows \(code 1111.*line 2 and .*line 3",
+    ),
+    "null ohlc": ("2024-01-04,1111,,,,,1", r"line 3: row would be quarantined \(null_ohlc\)"),
+    "partial null": ("2024-01-04,1111,1,1,,1,1", r"line 3: row would be quarantined \(partial_null_ohlc\)"),
+    "non-positive": (
+        "2024-01-04,1111,1,1,-1,1,1",
+        r"line 3: row would be quarantined \(non_positive_price\)",
+    ),
+    "negative volume": (
+        "2024-01-04,1111,1,1,1,1,-1",
+        r"line 3: row would be quarantined \(negative_volume\)",
+    ),
+    "high below low": ("2024-01-04,1111,1,1,2,1,1", r"line 3: high below low \(code 1111, date 2024-01-04\)"),
+    "range widened": ("2024-01-04,1111,1,1,1,2,1", r"line 3: high/low do not cover open and close"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_CASES))
+def test_strict_turns_repairs_into_errors(tmp_path, case):
+    line, pattern = STRICT_CASES[case]
+    first = "2024-01-03,1111,1,1,1,1,1" if case != "identical duplicate" else "2024-01-04,1111,1,1,1,1,1"
+    write(tmp_path / "p.csv", HEADER, first, line)
+    import_market(tmp_path / "p.csv", tmp_path / "lenient")  # repaired without strict
+    with pytest.raises(DataImportError, match=pattern) as e:
+        import_market(tmp_path / "p.csv", tmp_path / "store", strict=True)
+    assert "p.csv" in str(e.value) and "strict mode" in str(e.value)
+    assert not (tmp_path / "store").exists()
+
+
+def test_strict_out_of_order(tmp_path):
+    write(tmp_path / "p.csv", HEADER, "2024-01-05,1111,1,1,1,1,1", "2024-01-04,1111,1,1,1,1,1")
+    with pytest.raises(DataImportError, match=r"p\.csv line 3: date earlier than the row before it"):
+        import_market(tmp_path / "p.csv", tmp_path / "store", strict=True)
+
+
+def test_strict_keeps_ragged_and_extreme_moves_as_reports(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        HEADER,
+        "2024-01-04,1111,1,1,1,1,1",
+        "2024-01-05,1111,2,2,2,2,1",
+        "2024-01-05,2222,1,1,1,1,1",
+    )
+    m = import_market(tmp_path / "p.csv", tmp_path / "store", strict=True)
+    assert checks(m)["extreme_moves"] == 1 and checks(m)["ragged_start_codes"] == 1
+    assert m["options"]["strict"] is True
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def _failing_writer(monkeypatch, fail_on: int) -> None:
+    """Make ``DataFrame.write_parquet`` raise on its ``fail_on``-th call (1-based)."""
+    real = pl.DataFrame.write_parquet
+    calls = {"n": 0}
+
+    def flaky(self, file, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == fail_on:
+            Path(file).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", flaky)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    prices = clean_csv(tmp_path / "p.csv")
+    _failing_writer(monkeypatch, fail_on=2)
+    with pytest.raises(OSError, match="disk full"):
+        import_market(prices, tmp_path / "out" / "store")
+    assert not (tmp_path / "out" / "store").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no staging folder left behind
+
+
+def test_failed_overwrite_keeps_the_old_store(tmp_path, monkeypatch):
+    prices = clean_csv(tmp_path / "p.csv")
+    first = import_market(prices, tmp_path / "store")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()}
+    write(tmp_path / "p2.csv", HEADER, "2024-02-01,9999,1,1,1,1,1")
+    _failing_writer(monkeypatch, fail_on=2)
+    with pytest.raises(OSError, match="disk full"):
+        import_market(tmp_path / "p2.csv", tmp_path / "store", overwrite=True)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()}
+    assert after == before
+    assert RawStore.read(tmp_path / "store").manifest["created_at"] == first["created_at"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p2.csv", "store"]
+
+
+def test_parquet_datetimes_use_their_local_date(tmp_path):
+    stamps = pl.Series(
+        [dt.datetime(2021, 5, 27, 15, 0), dt.datetime(2021, 5, 28, 15, 0)]
+    ).dt.replace_time_zone("UTC")
+    pl.DataFrame(
+        {
+            "date": stamps.dt.convert_time_zone("Asia/Tokyo"),  # 2021-05-28 00:00 and 2021-05-29 00:00 JST
+            "code": ["1", "1"],
+            **{c: [1.0, 1.0] for c in ("open", "high", "low", "close", "volume")},
+        }
+    ).write_parquet(tmp_path / "p.parquet")
+    import_market(tmp_path / "p.parquet", tmp_path / "store")
+    assert RawStore.read(tmp_path / "store").prices["date"].to_list() == [
+        dt.date(2021, 5, 28),
+        dt.date(2021, 5, 29),
+    ]
+
+
+def test_null_adj_close_is_quarantined_with_its_original_values(tmp_path):
+    folder = tmp_path / "quotes"
+    write(
+        folder / "7203.T.csv",
+        "Date,Open,High,Low,Close,Adj Close,Volume",
+        "2021-05-27,100,110,90,100,50,1000",
+        "2021-05-28,100,120,95,110,,2000",
+    )
+    write(folder / "6758.csv", "Date,Open,High,Low,Close,Volume", "2021-05-27,10,11,9,10,100")
+    m = import_market(folder, tmp_path / "store")
+    assert checks(m)["partial_null_ohlc_rows"] == 1
+    rejected = pl.read_parquet(tmp_path / "store" / "rejected_rows.parquet").row(0, named=True)
+    assert rejected["source_file"].endswith("7203.T.csv") and rejected["source_row"] == 3
+    assert (rejected["code"], rejected["close"], rejected["adj_close"]) == ("7203", 110.0, None)
+
+
+def test_per_ticker_file_with_several_codes_is_an_error(tmp_path):
+    write(tmp_path / "q" / "7203.csv", HEADER, "2024-01-04,7203,1,1,1,1,1", "2024-01-04,6758,1,1,1,1,1")
+    with pytest.raises(DataImportError, match=r"7203\.csv: column 'code' holds several codes"):
+        import_market(tmp_path / "q", tmp_path / "store")
