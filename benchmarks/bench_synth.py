@@ -29,8 +29,21 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "raw"
-        cmd = [sys.executable, "-m", "atft.cli.app", "data", "synth", "--stocks", str(args.stocks),
-               "--days", str(args.days), "--seed", str(args.seed), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "atft.cli.app",
+            "data",
+            "synth",
+            "--stocks",
+            str(args.stocks),
+            "--days",
+            str(args.days),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(out),
+        ]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start

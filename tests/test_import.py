@@ -292,7 +292,7 @@ def test_parquet_errors_name_the_row_index(tmp_path):
 
 def test_missing_code(tmp_path):
     write(tmp_path / "p.csv", HEADER, "2024-01-04,,1,1,1,1,1")
-    with pytest.raises(DataImportError, match=r"line 2: column 'code': missing code"):
+    with pytest.raises(DataImportError, match=r"line 2: column 'code': missing or non-integer code"):
         import_market(tmp_path / "p.csv", tmp_path / "store")
 
 
@@ -616,3 +616,31 @@ def test_per_ticker_file_with_several_codes_is_an_error(tmp_path):
     write(tmp_path / "q" / "7203.csv", HEADER, "2024-01-04,7203,1,1,1,1,1", "2024-01-04,6758,1,1,1,1,1")
     with pytest.raises(DataImportError, match=r"7203\.csv: column 'code' holds several codes"):
         import_market(tmp_path / "q", tmp_path / "store")
+
+
+def test_output_may_not_replace_an_input(tmp_path):
+    folder = tmp_path / "quotes"
+    write(folder / "7203.csv", "Date,Open,High,Low,Close,Volume", "2024-01-04,1,1,1,1,1")
+    with pytest.raises(DataImportError, match="would replace the input"):
+        import_market(folder, folder, overwrite=True)
+    with pytest.raises(DataImportError, match="would replace the input"):
+        import_market(folder / "7203.csv", tmp_path, overwrite=True)
+    assert (folder / "7203.csv").is_file()
+
+
+def test_parquet_column_of_the_wrong_type(tmp_path):
+    frame = {
+        "date": ["2024-01-04"],
+        "code": [7203.5],
+        **{c: [1.0] for c in ("open", "high", "low", "volume")},
+    }
+    pl.DataFrame({**frame, "close": [True]}).write_parquet(tmp_path / "bool.parquet")
+    with pytest.raises(
+        DataImportError, match=r"bool\.parquet: column 'close' has type Boolean, not a number"
+    ):
+        import_market(tmp_path / "bool.parquet", tmp_path / "store")
+    pl.DataFrame({**frame, "close": [1.0]}).write_parquet(tmp_path / "code.parquet")
+    with pytest.raises(
+        DataImportError, match=r"code\.parquet row 0: column 'code': missing or non-integer code: 7203\.5"
+    ):
+        import_market(tmp_path / "code.parquet", tmp_path / "store")

@@ -25,7 +25,9 @@ def panel():
         y_missing = rng.random(n) < 0.1
         p = np.round(p, 1)  # ties, so average ranks matter
         for i in range(n):
-            rows.append((date(2020, 1, 1) + timedelta(days=d), f"{i:04d}", p[i], None if y_missing[i] else y[i]))
+            rows.append(
+                (date(2020, 1, 1) + timedelta(days=d), f"{i:04d}", p[i], None if y_missing[i] else y[i])
+            )
     return pl.DataFrame(rows, schema=["date", "code", "pred", "label"], orient="row")
 
 
@@ -53,7 +55,9 @@ def test_daily_ic_matches_scipy(panel, method):
 
 def test_mean_daily_rank_ic_is_mean_of_days(panel):
     slow = slow_daily(panel, "spearman")
-    assert mean_daily_rank_ic(panel, "pred", "label") == pytest.approx(np.mean(list(slow.values())), abs=1e-12)
+    assert mean_daily_rank_ic(panel, "pred", "label") == pytest.approx(
+        np.mean(list(slow.values())), abs=1e-12
+    )
 
 
 def test_constant_day_is_left_out_not_zero():

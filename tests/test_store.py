@@ -12,8 +12,17 @@ from atft.data.store import RawStore, StoreError, conform, read_manifest, write_
 
 def tables(n: int = 3):
     prices = conform(
-        pl.DataFrame({"date": pl.date_range(pl.date(2020, 1, 1), pl.date(2020, 1, n), eager=True), "code": ["1301"] * n,
-                      "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}),
+        pl.DataFrame(
+            {
+                "date": pl.date_range(pl.date(2020, 1, 1), pl.date(2020, 1, n), eager=True),
+                "code": ["1301"] * n,
+                "open": 1.0,
+                "high": 1.0,
+                "low": 1.0,
+                "close": 1.0,
+                "volume": 1.0,
+            }
+        ),
         "prices",
     )
     info = conform(pl.DataFrame({"code": ["1301"], "sector": ["Foods"]}), "listed_info")

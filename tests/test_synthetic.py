@@ -29,7 +29,10 @@ def market():
 
 def with_forward_log_returns(prices: pl.DataFrame, horizons=(1, 5, 20)) -> pl.DataFrame:
     return prices.with_columns(
-        [(pl.col("close").shift(-h).over("code") / pl.col("close")).log().alias(f"fwd_{h}d") for h in horizons]
+        [
+            (pl.col("close").shift(-h).over("code") / pl.col("close")).log().alias(f"fwd_{h}d")
+            for h in horizons
+        ]
     )
 
 
@@ -79,7 +82,10 @@ def test_oracle_rank_ic_in_band(market):
 
 
 def test_signal_strength_scales_oracle_skill():
-    ric = {s: oracle_rank_ic(synthesize(SynthParams(**SMALL, seed=3, signal_strength=s)))["5d"] for s in (0, 0.5, 1, 2)}
+    ric = {
+        s: oracle_rank_ic(synthesize(SynthParams(**SMALL, seed=3, signal_strength=s)))["5d"]
+        for s in (0, 0.5, 1, 2)
+    }
     assert abs(ric[0]) < 0.015, ric
     assert ric[0.5] < ric[1] < ric[2], ric
 
@@ -143,7 +149,11 @@ def test_volume_shock_effect_is_planted():
 
 def test_lead_lag_flows_along_the_hidden_graph():
     """A follower's next-day return follows its leader's return today; a random other stock's does not."""
-    m = synthesize(SynthParams(n_stocks=400, n_days=700, seed=4, late_listing_frac=0.0, **{**NO_SIGNALS, "lead_lag": 0.08}))
+    m = synthesize(
+        SynthParams(
+            n_stocks=400, n_days=700, seed=4, late_listing_frac=0.0, **{**NO_SIGNALS, "lead_lag": 0.08}
+        )
+    )
     ret = m.prices.pivot(on="code", index="date", values="close").drop("date").to_numpy()
     r = np.diff(np.log(ret), axis=0)  # [T-1, N]
     r = r - r.mean(axis=1, keepdims=True)  # remove the market
@@ -161,7 +171,9 @@ def test_lead_lag_flows_along_the_hidden_graph():
     assert lagged_corr(leaders, followers) > 0.05
     assert abs(lagged_corr(others, followers)) < 0.03
     # Followers co-move with their leader the same day, so trailing correlations reveal the graph.
-    same_day = float(np.mean([np.corrcoef(r[:, i], r[:, j])[0, 1] for i, j in zip(followers, leaders, strict=True)]))
+    same_day = float(
+        np.mean([np.corrcoef(r[:, i], r[:, j])[0, 1] for i, j in zip(followers, leaders, strict=True)])
+    )
     assert same_day > 0.2
 
 

@@ -19,17 +19,27 @@ def synth(
     days: int = typer.Option(1500, "--days", help="Number of trading days."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same market."),
     signal_strength: float = typer.Option(
-        1.0, "--signal-strength", help="Scales every planted signal; 1.0 gives an oracle 5-day RankIC near 0.1."
+        1.0,
+        "--signal-strength",
+        help="Scales every planted signal; 1.0 gives an oracle 5-day RankIC near 0.1.",
     ),
-    late_listing_frac: float = typer.Option(0.05, "--late-listing-frac", help="Share of stocks that list late."),
+    late_listing_frac: float = typer.Option(
+        0.05, "--late-listing-frac", help="Share of stocks that list late."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
 ) -> None:
     """Generate the synthetic market (prices, index, sectors and the oracle) as a raw store."""
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
     try:
         params = SynthParams(
-            n_stocks=stocks, n_days=days, seed=seed, signal_strength=signal_strength, late_listing_frac=late_listing_frac
+            n_stocks=stocks,
+            n_days=days,
+            seed=seed,
+            signal_strength=signal_strength,
+            late_listing_frac=late_listing_frac,
         )
         with stages("synthesizing") as say:
             market = synthesize(params, progress=say)
@@ -44,12 +54,18 @@ def synth(
 
 @app.command("import")
 def import_(
-    prices: Path = typer.Option(..., "--prices", help="Long CSV/parquet (date, code, OHLCV) or a folder of per-ticker CSVs."),
+    prices: Path = typer.Option(
+        ..., "--prices", help="Long CSV/parquet (date, code, OHLCV) or a folder of per-ticker CSVs."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder to write the raw store to."),
     index: Path | None = typer.Option(None, "--index", help="The market index series (CSV or parquet)."),
-    listed_info: Path | None = typer.Option(None, "--listed-info", help="Table mapping code to sector and market."),
+    listed_info: Path | None = typer.Option(
+        None, "--listed-info", help="Table mapping code to sector and market."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Fail on any problem instead of repairing it."),
-    extreme_move: float = typer.Option(0.25, "--extreme-move", help="Flag daily moves larger than this (0.25 = 25%)."),
+    extreme_move: float = typer.Option(
+        0.25, "--extreme-move", help="Flag daily moves larger than this (0.25 = 25%)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
 ) -> None:
     """Import a real daily panel into the canonical raw store, validating it and counting every repair."""

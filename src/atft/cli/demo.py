@@ -28,4 +28,6 @@ def demo(
         fail(str(e))
     for table in manifest_tables(manifest):
         console.print(table)
-    console.print(f"Synthetic market written to [bold]{raw}[/]; inspect it again with [bold]atft data info {raw}[/]")
+    console.print(
+        f"Synthetic market written to [bold]{raw}[/]; inspect it again with [bold]atft data info {raw}[/]"
+    )

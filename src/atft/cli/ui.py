@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -19,7 +18,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error (no traceback: the message names the file, key or row) and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -27,7 +26,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def stages(title: str) -> Iterator[Callable[[str], None]]:
     """A spinner with elapsed time; the yielded callback names the current stage of the work."""
     with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err_console, transient=True
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
     ) as progress:
         task = progress.add_task(title)
         start = time.perf_counter()
@@ -48,13 +51,33 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield key, v
 
 
-def manifest_tables(manifest: dict[str, Any]) -> list[Table]:
+def manifest_tables(manifest: dict[str, Any]) -> list[Table | str]:
     """Rich tables summarizing a store manifest: overview, tables, checks and (synthetic) oracle skill."""
     overview = Table(title="Store", show_header=False)
-    for key in ("kind", "rows", "codes", "dates", "date_range", "sectors", "late_listed_codes", "created_at"):
+    keys = (
+        "kind",
+        "input_rows",
+        "rows",
+        "quarantined_rows",
+        "repairs_total",
+        "codes",
+        "dates",
+        "date_range",
+        "sectors",
+        "late_listed_codes",
+        "created_at",
+    )
+    for key in keys:
         if key in manifest:
             value = manifest[key]
-            overview.add_row(key, " .. ".join(value) if isinstance(value, list) else f"{value:,}" if isinstance(value, int) else str(value))
+            overview.add_row(
+                key,
+                " .. ".join(value)
+                if isinstance(value, list)
+                else f"{value:,}"
+                if isinstance(value, int)
+                else str(value),
+            )
     out = [overview]
     files = Table(title="Tables")
     files.add_column("table")
@@ -78,4 +101,20 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table]:
             text = str(value)
             table.add_row(key, text if len(text) <= 200 else text[:197] + "...")
         out.append(table)
+    details = manifest.get("details", {})
+    if details.get("extreme_moves"):
+        moves = Table(
+            title=f"Extreme moves (flagged, not altered; first {min(15, len(details['extreme_moves']))})"
+        )
+        for col in ("code", "date", "return", "index_return"):
+            moves.add_column(col, justify="right")
+        for m in details["extreme_moves"][:15]:
+            idx = m.get("index_return")
+            moves.add_row(m["code"], m["date"], f"{m['return']:+.1%}", "" if idx is None else f"{idx:+.1%}")
+        out.append(moves)
+    if details.get("codes_without_sector"):
+        codes = details["codes_without_sector"]
+        out.append(
+            f"Codes without sector ({len(codes)}): {', '.join(codes[:30])}{' ...' if len(codes) > 30 else ''}"
+        )
     return out

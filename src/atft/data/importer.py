@@ -32,7 +32,8 @@ __all__ = ["DataImportError", "import_market"]
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 NULL_TOKENS = ("", "na", "n/a", "nan", "null", "none", "-")
-MAX_LISTED = 20  # codes listed in the manifest details for out-of-order dates and missing sectors
+MAX_LISTED = 20  # codes with out-of-order dates listed in the manifest details
+MAX_NO_SECTOR = 100  # codes without a sector listed in the manifest details
 
 # Input column names are matched on their lower-case letters and digits only ("Adj Close" -> "adjclose").
 BAR_ALIASES: dict[str, tuple[str, ...]] = {
@@ -59,6 +60,8 @@ LISTED_ALIASES: dict[str, tuple[str, ...]] = {
 }
 SECTOR_COLUMNS = ("sector17_name", "sector33_name", "sector")
 RESERVED = ("source_file", "source_row", "reason", "table", "_order", "_adjust")
+# The date part of a date or timestamp text: whatever follows (a time, a zone) is ignored.
+DATE_PART = r"^(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8})(?:[T ]|$)"
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -144,113 +147,116 @@ def _require(file: Path, original: dict[str, str], found: list[str], required: t
             raise DataImportError(f"{file}: missing required column '{col}' (columns found: {cols})")
 
 
-def _first_bad(df: pl.DataFrame, bad: pl.Series, col: str, name: str, what: str, file: Path) -> None:
-    """Raise for the first row flagged in ``bad``, naming its line/row, the input column and the value."""
-    bad = bad.fill_null(False)
-    n = int(bad.sum())
-    if n == 0:
-        return
-    i = int(bad.arg_true()[0])
-    more = f" ({n} bad values in this column)" if n > 1 else ""
-    raise DataImportError(
-        f"{location(file, df['source_row'][i])}: column '{name}': {what}: {df[col][i]!r}{more}"
-    )
+# A parser turns an input column of a given dtype into (parsed value, bad-value flag), or None when the
+# dtype cannot hold that kind of value at all.
+Parser = Callable[[pl.Expr, pl.DataType], tuple[pl.Expr, pl.Expr] | None]
 
 
-def _is_null_token(s: pl.Series) -> pl.Series:
-    return s.str.strip_chars().str.to_lowercase().is_in(NULL_TOKENS)
-
-
-def _parse_date(df: pl.DataFrame, col: str, name: str, file: Path) -> pl.Series:
+def _date_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
     """Dates as written: a Date, a Datetime (its local calendar date), 20210528, or text whose date part
     comes before any time (``2021-05-28 00:00:00+09:00``, ``2021-05-28T00:00:00Z``, ``2021/05/28``)."""
-    s = df[col]
-    if s.dtype == pl.Date:
-        parsed = s
-    elif isinstance(s.dtype, pl.Datetime):
-        parsed = s.dt.date()
-    elif s.dtype.is_integer() or s.dtype == pl.String:
-        text = s.cast(pl.String).str.strip_chars()
-        part = text.str.extract(r"^(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8})(?:[T ]|$)", 1)
-        parsed = pl.select(
-            pl.coalesce(
-                part.str.to_date("%Y-%m-%d", strict=False),
-                part.str.to_date("%Y/%m/%d", strict=False),
-                part.str.to_date("%Y%m%d", strict=False),
+    if dtype == pl.Date:
+        parsed = c
+    elif isinstance(dtype, pl.Datetime):
+        parsed = c.dt.date()
+    elif dtype.is_integer() or dtype == pl.String:
+        part = c.cast(pl.String).str.strip_chars().str.extract(DATE_PART, 1)
+        parsed = pl.coalesce(
+            part.str.to_date(fmt, strict=False) for fmt in ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d")
+        )
+    else:
+        return None
+    return parsed, parsed.is_null()
+
+
+def _code_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """Codes as strings; integer codes (7203, 7203.0, "7203.0") become "7203"; empty is missing."""
+    if dtype.is_integer():
+        parsed = c.cast(pl.String)
+    elif dtype.is_float():
+        parsed = pl.when(c == c.floor()).then(c.cast(pl.Int64, strict=False).cast(pl.String))
+    elif dtype == pl.String:
+        text = c.str.strip_chars().str.replace(r"^(\d+)\.0+$", "${1}")
+        parsed = pl.when(text != "").then(text)
+    else:
+        return None
+    return parsed, parsed.is_null()
+
+
+def _number_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """Float64; empty, NA, NaN and the like are null, any other non-numeric text is bad."""
+    if dtype.is_numeric() or dtype == pl.Null:
+        parsed, bad = c.cast(pl.Float64), pl.lit(False)
+    elif dtype == pl.String:
+        parsed = c.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = parsed.is_null() & c.is_not_null() & ~c.str.strip_chars().str.to_lowercase().is_in(NULL_TOKENS)
+    else:
+        return None
+    return parsed.fill_nan(None), bad
+
+
+PARSERS: dict[str, tuple[Parser, str]] = {
+    "date": (_date_parser, "unparseable date"),
+    "code": (_code_parser, "missing or non-integer code"),
+    "number": (_number_parser, "not a number"),
+}
+
+
+def _parse(raw: pl.DataFrame, kinds: dict[str, str], names: dict[str, dict[str, str]]) -> pl.DataFrame:
+    """Parse the columns of ``kinds`` (column -> "date" | "code" | "number") in place, in one pass.
+
+    ``names`` maps each source file to its canonical -> input column names, so that an error for the
+    first bad value names the file, the line or row, the column as the input spells it, and the value.
+    """
+    parsed, flags = [], []
+    for col, kind in kinds.items():
+        parser, _ = PARSERS[kind]
+        result = parser(pl.col(col), raw.schema[col])
+        if result is None:
+            file = raw["source_file"][0]
+            name = names[file].get(col, col)
+            raise DataImportError(f"{file}: column '{name}' has type {raw.schema[col]}, not a {kind}")
+        parsed.append(result[0].alias(col))
+        flags.append(result[1].fill_null(False).alias(f"_bad_{col}"))
+    checked = raw.with_columns(flags)
+    for col, bad in zip(kinds, checked.select(pl.col(f"_bad_{c}").any() for c in kinds).row(0), strict=True):
+        if bad:
+            rows = checked.filter(pl.col(f"_bad_{col}"))
+            first = rows.row(0, named=True)
+            name = names[first["source_file"]].get(col, col)
+            more = f" ({rows.height} bad values in this column)" if rows.height > 1 else ""
+            raise DataImportError(
+                f"{location(first['source_file'], first['source_row'])}: column '{name}': "
+                f"{PARSERS[kinds[col]][1]}: {first[col]!r}{more}"
             )
-        ).to_series()
-    else:
-        raise DataImportError(f"{file}: column '{name}' has type {s.dtype}, which is not a date")
-    _first_bad(df, parsed.is_null(), col, name, "unparseable date", file)
-    return parsed.alias("date")
+    return raw.with_columns(parsed)
 
 
-def _parse_code(df: pl.DataFrame, col: str, name: str, file: Path) -> pl.Series:
-    """Codes as strings; integer codes (7203, 7203.0, "7203.0") become "7203"."""
-    s = df[col]
-    if s.dtype.is_integer():
-        code = s.cast(pl.String)
-    elif s.dtype.is_float():
-        _first_bad(df, s != s.floor(), col, name, "code is not an integer", file)
-        code = s.cast(pl.Int64).cast(pl.String)
-    elif s.dtype == pl.String:
-        code = s.str.strip_chars().str.replace(r"^(\d+)\.0+$", "${1}")
-        code = pl.select(pl.when(code == "").then(None).otherwise(code)).to_series()
-    else:
-        raise DataImportError(f"{file}: column '{name}' has type {s.dtype}, which is not a code")
-    _first_bad(df, code.is_null(), col, name, "missing code", file)
-    return code.alias("code")
+def _prepare_bars(
+    raw: pl.DataFrame, file: Path, *, code: str | None, require_volume: bool
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Rename one file's columns, check the required ones, and give it a code (``code`` is the code of
+    every row for per-ticker files and the index; ``None`` reads it from a column).
 
-
-def _parse_number(df: pl.DataFrame, col: str, name: str, file: Path) -> pl.Series:
-    """A Float64 column; empty/NA/NaN become null, any other non-numeric text is an error."""
-    s = df[col]
-    if s.dtype.is_numeric():
-        num = s.cast(pl.Float64)
-    elif s.dtype == pl.String:
-        num = s.str.strip_chars().cast(pl.Float64, strict=False)
-        bad = num.is_null() & s.is_not_null() & ~_is_null_token(s)
-        _first_bad(df, bad, col, name, "not a number", file)
-    elif s.dtype == pl.Null:
-        num = s.cast(pl.Float64)
-    else:
-        raise DataImportError(f"{file}: column '{name}' has type {s.dtype}, which is not numeric")
-    return num.fill_nan(None).alias(col)
-
-
-def _parse_bars(raw: pl.DataFrame, file: Path, *, code: str | None, require_volume: bool) -> pl.DataFrame:
-    """Parse one file of daily bars into a working frame (see :mod:`atft.data.validation`).
-
-    ``code`` is the code every row gets (per-ticker files, the index); ``None`` reads it from a column.
+    Returns the frame (still unparsed) and its canonical -> input column names.
     """
     found = raw.columns
     df, original = _rename(raw, BAR_ALIASES, file)
     required = ("date", *(("code",) if code is None else ()), *OHLC, *(("volume",) if require_volume else ()))
     _require(file, original, found, required)
-    if code is not None and "code" in original:
-        codes = df["code"].cast(pl.String).drop_nulls().unique()
-        if codes.len() > 1:
-            raise DataImportError(
-                f"{file}: column '{original['code']}' holds several codes ({', '.join(codes.sort()[:5])}, ...) "
-                "but this file must hold a single series"
-            )
-        df = df.drop("code")
-    cols = [
-        _parse_date(df, "date", original["date"], file),
-        pl.Series("code", [code] * df.height, pl.String)
-        if code is not None
-        else _parse_code(df, "code", original["code"], file),
-    ]
-    for c in (*OHLC, "volume", "turnover", "adj_close"):
-        if c in original:
-            cols.append(_parse_number(df, c, original[c], file))
-        elif c != "adj_close":
-            cols.append(pl.Series(c, [None] * df.height, pl.Float64))
+    if code is not None:
+        if "code" in original:  # a code column in a single-series file must agree with itself
+            name = original.pop("code")
+            codes = df["code"].cast(pl.String).drop_nulls().unique().sort()
+            if codes.len() > 1:
+                raise DataImportError(
+                    f"{file}: column '{name}' holds several codes ({', '.join(codes[:5])}) "
+                    "but this file must hold a single series"
+                )
+        df = df.with_columns(pl.lit(code, pl.String).alias("code"))
     if "adj_close" in original:
-        cols.append(pl.Series("_adjust", [True] * df.height))
-    canonical = {s.name for s in cols}
-    extras = [c for c in df.columns if c not in canonical and c not in ("source_file", "source_row")]
-    return pl.DataFrame(cols).hstack(df.select(*extras, "source_file", "source_row"))
+        df = df.with_columns(pl.lit(True).alias("_adjust"))
+    return df, original
 
 
 def _csv_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -263,8 +269,9 @@ def _csv_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _read_bars(path: str | Path, *, what: str) -> tuple[pl.DataFrame, dict[str, Any], dict[str, int]]:
-    """Read prices (``what="prices"``) or the index into one working frame in input order.
+    """Read prices (``what="prices"``) or the index into one parsed working frame in input order.
 
+    Files are read one by one (headers are checked per file), concatenated, then parsed in one pass.
     Returns the frame, the ``source`` entry for the manifest and read-time counts.
     """
     p = _existing(path, what)
@@ -283,23 +290,35 @@ def _read_bars(path: str | Path, *, what: str) -> tuple[pl.DataFrame, dict[str, 
         raise DataImportError(
             f"{p}: unsupported extension '{p.suffix}' (expected .csv or .parquet, or a folder of .csv)"
         )
-    frames, blank, adjusted = [], 0, 0
+    code_from_column = layout != "ticker_folder" and not is_index  # else the file name (or "") is the code
+    frames, names, blank = [], {}, 0
     for f in files:
         raw, n_blank = _read_file(f)
-        code = "" if is_index else (f.name.split(".")[0] if layout == "ticker_folder" else None)
-        frame = _parse_bars(raw, f, code=code, require_volume=not is_index)
+        code = None if code_from_column else ("" if is_index else f.name.split(".")[0])
+        frame, names[str(f)] = _prepare_bars(raw, f, code=code, require_volume=not is_index)
         frames.append(frame)
         blank += n_blank
-        adjusted += "adj_close" in frame.columns
-    df = pl.concat(frames, how="diagonal_relaxed").with_row_index("_order")
-    if "_adjust" in df.columns:
+    df = pl.concat(frames, how="diagonal_relaxed")
+    optional = [c for c in ("volume", "turnover") if c not in df.columns]
+    df = df.with_columns(pl.lit(None, pl.Float64).alias(c) for c in optional)
+    numbers = [c for c in (*OHLC, "volume", "turnover", "adj_close") if c in df.columns]
+    code_kind = {"code": "code"} if code_from_column else {}
+    df = _parse(df, {"date": "date", **code_kind, **dict.fromkeys(numbers, "number")}, names)
+    adjusted = sum("adj_close" in n for n in names.values())
+    if adjusted:
         df = df.with_columns(pl.col("_adjust").fill_null(False))
+    lead = ["date", "code", *numbers]
+    df = df.select(*lead, pl.exclude(*lead, "source_file", "source_row"), "source_file", "source_row")
     source = {"path": str(p), "layout": layout, "files": len(files)}
     if ignored:
         source["ignored_files"] = [q.name for q in ignored]
     if adjusted:
         source["adjusted_files"] = adjusted
-    return df, source, {"blank_lines_skipped": blank, "adj_close_adjusted_files": adjusted}
+    return (
+        df.with_row_index("_order"),
+        source,
+        {"blank_lines_skipped": blank, "adj_close_adjusted_files": adjusted},
+    )
 
 
 def _read_listed_info(
@@ -322,23 +341,20 @@ def _read_listed_info(
         raise DataImportError(
             f"{p}: missing a sector column (one of sector17_name, sector33_name, sector; columns found: {cols})"
         )
-    cols = [_parse_code(df, "code", original["code"], p)]
-    for c in ("name", "market", "sector17_name", "sector33_name", "sector"):
-        if c in original:
-            text = df[c].cast(pl.String).str.strip_chars()
-            cols.append(pl.select(pl.when(text == "").then(None).otherwise(text)).to_series().alias(c))
-    for c in ("sector17_code", "sector33_code"):
-        if c in original:
-            cols.append(_parse_number(df, c, original[c], p).cast(pl.Int32, strict=False))
-    if "as_of" in original:
-        cols.append(df["as_of"].cast(pl.String).str.strip_chars())
-    out = pl.DataFrame(cols).hstack(df.select("source_file", "source_row"))
-    out = out.with_columns(
-        pl.coalesce([pl.col(c) for c in SECTOR_COLUMNS if c in out.columns]).alias("sector")
-    )
-    if "as_of" in out.columns:
-        out = out.sort("as_of", nulls_last=False, maintain_order=True)
-    dups = out.filter(pl.len().over("code") > 1)
+    codes = [c for c in ("sector17_code", "sector33_code") if c in original]
+    df = _parse(df, {"code": "code", **dict.fromkeys(codes, "number")}, {str(p): original})
+    texts = [
+        c for c in ("name", "market", "sector17_name", "sector33_name", "sector", "as_of") if c in original
+    ]
+    df = df.select(
+        "code",
+        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in texts),
+        *(pl.col(c).cast(pl.Int32, strict=False) for c in codes),
+        "source_row",
+    ).with_columns(pl.coalesce(pl.col(c) for c in SECTOR_COLUMNS if c in texts).alias("sector"))
+    if "as_of" in df.columns:
+        df = df.sort("as_of", nulls_last=False, maintain_order=True)
+    dups = df.filter(pl.len().over("code") > 1)
     if strict and dups.height:
         first = dups.row(0, named=True)
         rows = dups.filter(pl.col("code") == first["code"])["source_row"].to_list()
@@ -346,26 +362,28 @@ def _read_listed_info(
             f"{location(p, rows[0])}: code {first['code']} appears on several rows ({rows}); "
             "strict mode refuses to pick one"
         )
-    kept = out.unique(subset="code", keep="last", maintain_order=True)
+    kept = df.unique(subset="code", keep="last", maintain_order=True)
     source = {
         "path": str(p),
         "layout": "long_csv" if p.suffix.lower() in CSV_SUFFIXES else "long_parquet",
         "files": 1,
     }
     counts = {
-        "input_rows": out.height,
-        "duplicate_codes": out.height - kept.height,
+        "input_rows": df.height,
+        "duplicate_codes": df.height - kept.height,
         "blank_lines_skipped": blank,
     }
-    return kept.drop("source_file", "source_row"), source, counts
+    return kept.drop("source_row"), source, counts
 
 
 # -------------------------------------------------------------------------------------------- importing
 
 
-def _rejected_table(parts: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame | None:
+def _rejected_table(parts: list[tuple[str, pl.DataFrame | None]]) -> pl.DataFrame | None:
     """Quarantined rows of prices and index, provenance first, then the parsed original columns."""
-    frames = [df.with_columns(pl.lit(name).alias("table")) for name, df in parts if df.height]
+    frames = [
+        df.with_columns(pl.lit(name).alias("table")) for name, df in parts if df is not None and df.height
+    ]
     if not frames:
         return None
     df = pl.concat(frames, how="diagonal_relaxed")
@@ -386,6 +404,11 @@ def _index_coverage(prices: pl.DataFrame, index: pl.DataFrame) -> dict[str, int]
         "price_dates_missing_in_index": cal.join(idx, on="date", how="anti").height,
         "index_dates_without_prices": idx.join(cal, on="date", how="anti").height,
     }
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (writing ``folder`` would destroy ``path``)."""
+    return path == folder or folder in path.parents
 
 
 def _jsonable(value: Any) -> Any:
@@ -420,9 +443,16 @@ def import_market(
     ``extreme_move``) stay reports. Raises :class:`StoreError` if ``out`` exists and not ``overwrite``.
     """
     say = progress or (lambda _stage: None)
+    if not extreme_move > 0:
+        raise ValueError(f"extreme_move must be a positive return threshold, got {extreme_move}")
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    for given in (prices, index, listed_info):
+        if given is not None and _within(Path(given).expanduser().resolve(), out.resolve()):
+            raise DataImportError(
+                f"output {out} would replace the input {given}; choose another output folder"
+            )
 
     say("reading prices")
     raw, prices_source, read_counts = _read_bars(prices, what="prices")
@@ -433,19 +463,21 @@ def import_market(
     out_of_order = counts.pop("_codes_out_of_order")
     input_rows = counts.pop("input_rows")
 
-    index_bars, index_rejected, index_checks, index_source = None, rejected.clear(), {}, None
+    index_bars, index_rejected, index_checks, index_source = None, None, {}, None
     if index is not None:
         say("reading index")
         raw_index, index_source, index_read = _read_bars(index, what="index")
         say("validating index")
         index_bars, index_rejected, index_checks = clean_bars(raw_index, strict=strict)
+        if index_bars.height == 0:
+            raise DataImportError(f"{index_source['path']}: no valid index rows left after quarantine")
         index_checks["dates_out_of_order"] = int(bool(index_checks.pop("_codes_out_of_order")))
         del index_checks["codes_out_of_order"]
         index_checks = {
             **index_checks,
             "rows": index_bars.height,
             "blank_lines_skipped": index_read["blank_lines_skipped"],
-            **(_index_coverage(bars, index_bars) if index_bars.height else {}),
+            **_index_coverage(bars, index_bars),
         }
 
     listed, listed_source, listed_checks = None, None, {}
@@ -491,7 +523,7 @@ def import_market(
             "codes_out_of_order": out_of_order[:MAX_LISTED],
             **history_details,
             "extreme_moves": move_list,
-            "codes_without_sector": no_sector[:MAX_LISTED],
+            "codes_without_sector": no_sector[:MAX_NO_SECTOR],
         },
     }
 

@@ -171,7 +171,9 @@ def _hidden_graph(rng: np.random.Generator, p: SynthParams) -> np.ndarray:
     return leader_of
 
 
-def synthesize(params: SynthParams | None = None, progress: Callable[[str], None] | None = None) -> SyntheticMarket:
+def synthesize(
+    params: SynthParams | None = None, progress: Callable[[str], None] | None = None
+) -> SyntheticMarket:
     """Generate a synthetic market. Deterministic for a given ``params`` (the seed included)."""
     p = params or SynthParams()
     say = progress or (lambda _msg: None)
@@ -302,7 +304,9 @@ def _long(dates: np.ndarray, codes: np.ndarray, keep: np.ndarray, **fields: np.n
     return pl.DataFrame(cols)
 
 
-def _index_table(dates: np.ndarray, market: np.ndarray, regime: np.ndarray, rng: np.random.Generator) -> pl.DataFrame:
+def _index_table(
+    dates: np.ndarray, market: np.ndarray, regime: np.ndarray, rng: np.random.Generator
+) -> pl.DataFrame:
     """The market index: the market factor compounded from 20,000, with OHLC and volume."""
     close = 20000.0 * np.exp(np.cumsum(market))
     vol = 0.010 * regime
@@ -311,7 +315,9 @@ def _index_table(dates: np.ndarray, market: np.ndarray, regime: np.ndarray, rng:
     high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(len(market))) * 0.3 * vol)
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(len(market))) * 0.3 * vol)
     volume = np.round(1e9 * np.sqrt(regime) * np.exp(0.2 * rng.standard_normal(len(market))))
-    df = pl.DataFrame({"date": dates, "open": open_, "high": high, "low": low, "close": close, "volume": volume})
+    df = pl.DataFrame(
+        {"date": dates, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    )
     return conform(df.with_columns(pl.col("date").cast(pl.Date)), "index")
 
 
@@ -333,7 +339,10 @@ def oracle_rank_ic(market: SyntheticMarket) -> dict[str, float]:
     fwd = market.prices.select(
         "date",
         "code",
-        *[(pl.col("close").shift(-h).over("code") / pl.col("close") - 1).alias(f"fwd_{h}d") for h in HORIZONS],
+        *[
+            (pl.col("close").shift(-h).over("code") / pl.col("close") - 1).alias(f"fwd_{h}d")
+            for h in HORIZONS
+        ],
     )
     df = fwd.join(market.oracle, on=["date", "code"], how="inner")
     return {f"{h}d": round(mean_daily_rank_ic(df, f"oracle_{h}d", f"fwd_{h}d"), 4) for h in HORIZONS}
@@ -353,7 +362,9 @@ def write_synthetic(market: SyntheticMarket, out, *, overwrite: bool = False) ->
         "dates": prices["date"].n_unique(),
         "date_range": [str(prices["date"].min()), str(prices["date"].max())],
         "sectors": market.listed_info["sector"].n_unique(),
-        "late_listed_codes": int((prices.group_by("code").agg(pl.col("date").min())["date"] > prices["date"].min()).sum()),
+        "late_listed_codes": int(
+            (prices.group_by("code").agg(pl.col("date").min())["date"] > prices["date"].min()).sum()
+        ),
         "hidden_graph": {
             "leaders": int(np.isin(np.arange(p.n_stocks), market.leader_of).sum()),
             "followers": int((market.leader_of >= 0).sum()),

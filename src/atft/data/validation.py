@@ -23,7 +23,6 @@ QUARANTINE_REASONS: tuple[str, ...] = (
     "non_positive_price",
     "negative_volume",
 )
-PROVENANCE: tuple[str, ...] = ("source_file", "source_row", "_order")
 ROUNDING = 1e-9  # relative OHLC inconsistency treated as float noise, not a data error
 INDEX_MOVE = 0.05  # an index move this large on the same day suggests a real market event
 

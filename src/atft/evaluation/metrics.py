@@ -10,7 +10,13 @@ import polars as pl
 
 
 def daily_ic(
-    df: pl.DataFrame, pred: str, label: str, *, method: str = "spearman", date_col: str = "date", min_stocks: int = 5
+    df: pl.DataFrame,
+    pred: str,
+    label: str,
+    *,
+    method: str = "spearman",
+    date_col: str = "date",
+    min_stocks: int = 5,
 ) -> pl.DataFrame:
     """Per-day correlation between ``pred`` and ``label`` over the stocks where both are present.
 
@@ -19,7 +25,11 @@ def daily_ic(
     """
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
-    valid = df.select(date_col, pred, label).drop_nulls().filter(pl.col(pred).is_not_nan() & pl.col(label).is_not_nan())
+    valid = (
+        df.select(date_col, pred, label)
+        .drop_nulls()
+        .filter(pl.col(pred).is_not_nan() & pl.col(label).is_not_nan())
+    )
     return (
         valid.group_by(date_col)
         .agg(ic=pl.corr(pred, label, method=method), n=pl.len())
