@@ -57,7 +57,8 @@ def test_synth_refuses_to_overwrite_without_flag(tmp_path):
 def test_bad_synth_parameter_is_a_clean_error(tmp_path):
     r = runner.invoke(app, ["data", "synth", "--stocks", "3", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2
-    assert "n_stocks" in r.output and "Traceback" not in r.output
+    assert "n_stocks" in r.output
+    assert isinstance(r.exception, SystemExit)  # a handled error, not an uncaught exception
 
 
 def test_info_on_a_folder_that_is_not_a_store(tmp_path):
@@ -70,3 +71,34 @@ def test_demo_writes_the_synthetic_market(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "demo" / "raw" / "manifest.json").is_file()
     assert "Oracle" in r.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--signal-strength", "inf", "signal_strength"),
+        ("--signal-strength", "-1", "signal_strength"),
+        ("--seed", "-1", "seed"),
+    ],
+)
+def test_synth_rejects_out_of_range_values_by_name(tmp_path, option, value, named):
+    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), option, value])
+    assert r.exit_code == 2 and named in r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_store(tmp_path):
+    victim = tmp_path / "work"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("mine")
+    for args in (
+        ["data", "synth", "--stocks", "20", "--days", "200", "--out", str(victim), "--overwrite"],
+        ["demo", "--stocks", "20", "--days", "200", "--out", str(tmp_path)],
+    ):
+        if args[0] == "demo":
+            (tmp_path / "raw").mkdir()
+            (tmp_path / "raw" / "thesis.txt").write_text("mine")
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "refusing to replace" in r.output
+    assert (victim / "thesis.txt").read_text() == "mine"
+    assert (tmp_path / "raw" / "thesis.txt").read_text() == "mine"

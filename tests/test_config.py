@@ -444,3 +444,47 @@ def test_show_help_describes_the_command():
     assert result.exit_code == 0
     assert "--preset" in result.stdout
     assert "where it came from" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "bad", ["[2020-13-01,2021-01-01]", "[2020-02-30,2021-01-01]", "[2021-01-01,2020-01-01]"]
+)
+def test_impossible_split_dates_are_config_errors_naming_the_key(bad):
+    with pytest.raises(ConfigError, match=r"data\.split\.train"):
+        load_config(overrides=[f"data.split.train={bad}"], env={})
+
+
+def test_impossible_date_in_a_preset_names_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  split:\n    train: [2020-13-01, 2021-01-01]\n")
+    with pytest.raises(ConfigError, match=r"data\.split\.train.*p\.yaml"):
+        load_config(path, env={})
+
+
+def test_split_dates_stay_iso_strings():
+    cfg = load_config(overrides=["data.split.train=[2000-01-03,2012-11-30]"], env={}).cfg
+    assert list(cfg.data.split.train) == ["2000-01-03", "2012-11-30"]
+
+
+def test_warmup_must_be_shorter_than_training():
+    with pytest.raises(ConfigError, match=r"WARMUP_EPOCHS.*max_epochs|warmup_epochs.*max_epochs"):
+        load_config(env={"WARMUP_EPOCHS": "1000"})
+    assert (
+        load_config(
+            env={"WARMUP_EPOCHS": "1000", "TRAIN_SCHEDULER": "constant"}
+        ).cfg.train.scheduler.warmup_epochs
+        == 1000
+    )
+
+
+def test_early_stopping_monitor_must_be_a_reported_metric():
+    with pytest.raises(ConfigError, match=r"train\.early_stopping\.monitor.*val/rankic_5d"):
+        load_config(overrides=["train.early_stopping.monitor=val/nonsense"], env={})
+    assert (
+        load_config(
+            overrides=["train.early_stopping.monitor=val/sharpe_20d"], env={}
+        ).cfg.train.early_stopping.monitor
+        == "val/sharpe_20d"
+    )
+    with pytest.raises(ConfigError, match="monitor"):  # a horizon that is not predicted
+        load_config(overrides=["train.early_stopping.monitor=val/rankic_3d"], env={})

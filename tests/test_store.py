@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import polars as pl
 import pytest
@@ -83,3 +85,57 @@ def test_not_a_store(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"kind": "x"}))
     with pytest.raises(StoreError, match="missing prices.parquet"):
         RawStore.read(tmp_path)
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_store(tmp_path):
+    victim = tmp_path / "thesis"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("years of work")
+    with pytest.raises(StoreError, match="not an ATFT store"):
+        write_store(victim, tables(), {"kind": "test"}, overwrite=True)
+    assert (victim / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        write_store(tmp_path / "file", tables(), {"kind": "test"}, overwrite=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_store(empty, tables(), {"kind": "test"}, overwrite=True)  # an empty folder may be filled
+
+
+def test_stale_staging_of_a_dead_writer_is_removed(tmp_path):
+    dead = tmp_path / ".s.tmp-999999999-abcd"  # no such pid
+    dead.mkdir()
+    (dead / "prices.parquet").write_text("half written")
+    alive = tmp_path / f".s.tmp-{os.getpid()}-efgh"  # a live writer's staging is left alone
+    alive.mkdir()
+    write_store(tmp_path / "s", tables(), {"kind": "test"})
+    assert not dead.exists() and alive.exists()
+
+
+def test_store_is_readable_by_others_per_umask(tmp_path):
+    write_store(tmp_path / "s", tables(), {"kind": "test"})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o777 & ~mask
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"tables": 5}'])
+def test_manifest_that_is_not_an_object(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(StoreError, match="not an ATFT manifest"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_listing_missing_tables(tmp_path):
+    write_store(tmp_path / "s", tables(), {"kind": "test"})
+    (tmp_path / "s" / "prices.parquet").unlink()
+    with pytest.raises(StoreError, match="incomplete.*prices.parquet"):
+        read_manifest(tmp_path / "s")
+
+
+def test_overwrite_refuses_a_store_that_also_holds_other_files(tmp_path):
+    write_store(tmp_path / "s", tables(), {"kind": "old"})
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="notes.txt"):
+        write_store(tmp_path / "s", tables(), {"kind": "new"}, overwrite=True)
+    assert (tmp_path / "s" / "notes.txt").exists()

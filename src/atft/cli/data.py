@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from atft.cli.ui import console, fail, manifest_tables, stages
-from atft.data.store import StoreError, read_manifest
+from atft.data.store import StoreError, check_target, read_manifest
 
 app = typer.Typer(help="Make, import and inspect market data.", no_args_is_help=True)
 
@@ -31,9 +31,8 @@ def synth(
     """Generate the synthetic market (prices, index, sectors and the oracle) as a raw store."""
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 
-    if out.exists() and not overwrite:
-        fail(f"{out} already exists; pass --overwrite to replace it")
     try:
+        check_target(out, overwrite=overwrite)  # before minutes of work, not after
         params = SynthParams(
             n_stocks=stocks,
             n_days=days,
@@ -72,6 +71,7 @@ def import_(
     from atft.data.importer import DataImportError, import_market
 
     try:
+        check_target(out, overwrite=overwrite)
         with stages("importing") as say:
             manifest = import_market(
                 prices,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from atft.cli.ui import console, fail, manifest_tables, stages
+from atft.data.store import StoreError, check_target
 
 
 def demo(
@@ -20,11 +21,12 @@ def demo(
 
     raw = out / "raw"
     try:
+        check_target(raw, overwrite=True)  # replaces an earlier demo's store, never other files
         with stages("demo") as say:
             market = synthesize(SynthParams(n_stocks=stocks, n_days=days, seed=seed), progress=say)
             say("measuring the oracle and writing the store")
             manifest = write_synthetic(market, raw, overwrite=True)
-    except ValueError as e:
+    except (ValueError, StoreError) as e:
         fail(str(e))
     for table in manifest_tables(manifest):
         console.print(table)

@@ -9,7 +9,14 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 console = Console()
@@ -23,21 +30,29 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def stages(title: str) -> Iterator[Callable[[str], None]]:
-    """A spinner with elapsed time; the yielded callback names the current stage of the work."""
-    with Progress(
+def stages(title: str) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar for long work; the yielded callback reports where the work is.
+
+    Call it as ``say(stage)`` when a new stage starts (logged with the elapsed time, the bar pulses), or
+    as ``say(stage, done, total)`` inside a stage that counts its steps (files read, ...): the bar fills.
+    """
+    columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(title)
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(title, total=None)
         start = time.perf_counter()
 
-        def say(stage: str) -> None:
-            progress.update(task, description=f"{title}: {stage}")
-            err_console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {stage}", highlight=False)
+        def say(stage: str, done: int | None = None, total: int | None = None) -> None:
+            if total is None:
+                progress.update(task, description=f"{title}: {stage}", total=None, completed=0)
+                err_console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {stage}", highlight=False)
+            else:
+                progress.update(task, description=f"{title}: {stage}", total=total, completed=done)
 
         yield say
 

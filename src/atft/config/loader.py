@@ -38,6 +38,25 @@ CONFIG_DIR_ENV = "ATFT_CONFIG_DIR"
 DEFAULT_PRESET = "cpu"
 NO_PRESET = "none"  # ResolvedConfig.preset when load_config(preset=None)
 
+
+class _TextDatesLoader(yaml.SafeLoader):
+    """YAML's safe loader without implicit timestamps: `2020-01-03` stays a string.
+
+    Dates in configs are validated by the schema (``date_range``), which names the key; PyYAML would
+    otherwise build ``datetime.date`` objects itself and crash on an impossible date like 2020-13-01.
+    """
+
+
+_TextDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_TextDatesLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # The spellings YAML reads as null; an optional field given one of them is set to None.
 _NULL_WORDS = frozenset({"", "~", "null", "Null", "NULL"})
 
@@ -220,7 +239,7 @@ def _with_origin(exc: ConfigError, detail: str) -> ConfigError:
 def _preset_layer(path: Path, label: str) -> _Layer:
     origin = _Origin(label, f"preset file {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         problem = " ".join(str(exc).split())  # YAML errors span several lines; keep the message on one
         raise ConfigError(f"Cannot read preset file {path}: {problem}") from None
@@ -270,7 +289,7 @@ def _parse_text(key: str, text: str) -> Any:
         return stripped
     if is_list_type(spec.type):
         try:
-            return yaml.safe_load(stripped)
+            return _load_yaml(stripped)
         except yaml.YAMLError:
             return stripped  # not a YAML list: coerce_value reports the type mismatch
     return stripped

@@ -650,7 +650,44 @@ def _grading_ordered(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] |
     return None
 
 
-CROSS_CHECKS: tuple[CrossCheck, ...] = (_horizon_weights_match, _explicit_split_has_dates, _grading_ordered)
+def _warmup_shorter_than_training(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    train = values["train"]
+    if (
+        train["scheduler"]["name"] == "warmup_cosine"
+        and train["scheduler"]["warmup_epochs"] >= train["max_epochs"]
+    ):
+        return (
+            ("train.scheduler.warmup_epochs", "train.max_epochs"),
+            f"warmup ({train['scheduler']['warmup_epochs']} epochs) must be shorter than training "
+            f"({train['max_epochs']} epochs), or the cosine decay never starts",
+        )
+    return None
+
+
+# Metrics the validation loop reports per horizon (docs/metrics.md); early stopping may watch any of them.
+MONITORED_METRICS = ("rankic", "ic", "icir", "sharpe", "mae", "rmse", "r2", "scale")
+
+
+def _monitor_is_a_reported_metric(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    monitor = values["train"]["early_stopping"]["monitor"]
+    horizons = values["data"]["horizons"]
+    allowed = ["val/loss"] + [f"val/{m}_{h}d" for m in MONITORED_METRICS for h in horizons]
+    if monitor not in allowed:
+        return (
+            ("train.early_stopping.monitor",),
+            f"{monitor!r} is not a reported validation metric; use 'val/loss' or 'val/<metric>_<h>d' with "
+            f"metric in {', '.join(MONITORED_METRICS)} and h in {horizons} (e.g. 'val/rankic_5d')",
+        )
+    return None
+
+
+CROSS_CHECKS: tuple[CrossCheck, ...] = (
+    _horizon_weights_match,
+    _explicit_split_has_dates,
+    _grading_ordered,
+    _warmup_shorter_than_training,
+    _monitor_is_a_reported_metric,
+)
 
 
 def validate(values: Mapping[str, Any], origin_of: Callable[[str], str | None] = lambda key: None) -> None:

@@ -94,10 +94,11 @@ def write_store(
     is complete.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    check_target(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a store should be as readable as any folder
     try:
         table_info = {}
         for name, df in tables.items():
@@ -109,12 +110,72 @@ def write_store(
             **manifest,
             "tables": table_info,
         }
-        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
+        # allow_nan=False: NaN or Infinity would make manifest.json invalid JSON for other tools.
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str, allow_nan=False) + "\n")
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def check_target(out: str | Path, *, overwrite: bool) -> None:
+    """Fail early unless ``out`` may be written: absent, or (with ``overwrite``) an empty folder or a store.
+
+    ``--overwrite`` never replaces a folder that is not an ATFT store: a mistyped ``--out`` must not
+    delete someone's files.
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.is_dir():
+        raise StoreError(f"refusing to replace {out}: it is a file, not an ATFT store")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if MANIFEST not in entries:
+        raise StoreError(
+            f"refusing to replace {out}: it is not an ATFT store (no {MANIFEST}); "
+            "remove it yourself or choose another output folder"
+        )
+    try:
+        tables = json.loads((out / MANIFEST).read_text()).get("tables", {})
+        known = {MANIFEST} | {info["file"] for info in tables.values()}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        known = {MANIFEST}
+    foreign = sorted(entries - known)
+    if foreign:
+        raise StoreError(
+            f"refusing to replace {out}: besides the store it holds {', '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}, which --overwrite would delete; move them first"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging or swap folders left by a write of ``out`` whose process died (kill -9, power loss)."""
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, rest = leftover.name[len(out.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
@@ -141,9 +202,20 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not mf.is_file():
         raise StoreError(f"{path} has no {MANIFEST}: it is not an ATFT store (or its write was interrupted)")
     try:
-        return json.loads(mf.read_text())
+        manifest = json.loads(mf.read_text())
     except json.JSONDecodeError as e:
         raise StoreError(f"{mf} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tables", {}), dict):
+        raise StoreError(f"{mf} is not an ATFT manifest: expected an object with a 'tables' object")
+    tables = manifest.get("tables", {})
+    files = [
+        info["file"] if isinstance(info, dict) and "file" in info else f"{name}.parquet"
+        for name, info in tables.items()
+    ]
+    missing = [f for f in files if not (path / f).is_file()]
+    if missing:
+        raise StoreError(f"{path} is incomplete: its manifest lists {', '.join(missing)}, which is missing")
+    return manifest
 
 
 @dataclass

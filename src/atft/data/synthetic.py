@@ -19,6 +19,7 @@ given everything known at t has a closed form: a causal filter of the shocks up 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -49,6 +50,7 @@ SECTOR17_NAMES: tuple[str, ...] = (
     "Real Estate",
 )
 MARKETS: tuple[str, ...] = ("Prime", "Standard", "Growth")
+MAX_CELLS = 40_000_000  # stocks x days; peak memory is about 0.33 GB per million cells
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,19 @@ class SynthParams:
 
     def __post_init__(self) -> None:
         checks = {
+            "seed": self.seed >= 0,
             "n_stocks": self.n_stocks >= 10,
             "n_days": self.n_days >= 150,
-            "signal_strength": self.signal_strength >= 0,
+            "signal_strength": math.isfinite(self.signal_strength) and 0 <= self.signal_strength <= 10,
             "n_sectors": 1 <= self.n_sectors <= len(SECTOR17_NAMES),
             "late_listing_frac": 0 <= self.late_listing_frac < 1,
             "comovement": 0 <= self.comovement < 1,
         }
         bounds = {
+            "seed": ">= 0",
             "n_stocks": ">= 10",
             "n_days": ">= 150 (the momentum window is 120 days)",
-            "signal_strength": ">= 0",
+            "signal_strength": "in [0, 10] (10 already gives an oracle RankIC near 0.6)",
             "n_sectors": f"in 1..{len(SECTOR17_NAMES)}",
             "late_listing_frac": "in [0, 1)",
             "comovement": "in [0, 1)",
@@ -97,6 +101,12 @@ class SynthParams:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"synthetic market: {name}={getattr(self, name)!r} must be {bounds[name]}")
+        if self.n_stocks * self.n_days > MAX_CELLS:
+            raise ValueError(
+                f"synthetic market: {self.n_stocks:,} stocks x {self.n_days:,} days = "
+                f"{self.n_stocks * self.n_days:,} cells is over the {MAX_CELLS:,} that fit in memory "
+                "(about 0.33 GB per million cells at peak)"
+            )
 
 
 @dataclass
