@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import polars as pl
@@ -644,3 +645,256 @@ def test_parquet_column_of_the_wrong_type(tmp_path):
         DataImportError, match=r"code\.parquet row 0: column 'code': missing or non-integer code: 7203\.5"
     ):
         import_market(tmp_path / "code.parquet", tmp_path / "store")
+
+
+# ------------------------------------------------------------------------------------------ malformed CSV
+
+
+def test_literal_duplicate_column_names_are_an_error(tmp_path):
+    write(tmp_path / "p.csv", "date,code,open,high,low,close,close,volume", "2021-01-04,1,1,1,1,1,2,1")
+    with pytest.raises(DataImportError, match=r"p\.csv: column 'close' appears 2 times in the header"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+    write(tmp_path / "q.csv", HEADER + ",note, note", "2021-01-04,1,1,1,1,1,1,a,b")
+    with pytest.raises(DataImportError, match=r"q\.csv: column 'note' appears 2 times in the header"):
+        import_market(tmp_path / "q.csv", tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    ("line", "fields"),
+    [("2024-01-05,1,1,1,1,1,1,9", 8), ("2024-01-05,1,1,1,1,1", 6)],
+    ids=["too many", "too few"],
+)
+def test_ragged_lines_name_file_and_line(tmp_path, line, fields):
+    write(tmp_path / "p.csv", HEADER, "2024-01-04,1,1,1,1,1,1", "", line, line)
+    with pytest.raises(
+        DataImportError,
+        match=rf"p\.csv line 4 has {fields} fields, the header has 7 \(2 malformed lines\)",
+    ):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_quoted_fields_with_commas_and_newlines_keep_line_numbers(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        HEADER + ",note",
+        '2024-01-04,1,1,1,1,1,1,"a, b, and ""c"""',
+        '2024-01-05,1,1,1,1,1,1,"two',
+        'lines, one note"',
+        "2024-01-08,1,1,1,1,1,1,plain",
+    )
+    m = import_market(tmp_path / "p.csv", tmp_path / "store")
+    assert m["rows"] == 3 and checks(m)["blank_lines_skipped"] == 0
+    # a quoted newline spans two lines: the row after it is on line 5, and an error there says so
+    write(
+        tmp_path / "bad.csv",
+        HEADER + ",note",
+        '2024-01-05,1,1,1,1,1,1,"two',
+        'lines"',
+        "2024-01-08,1,1,1,1,x,1,plain",
+    )
+    with pytest.raises(DataImportError, match=r"bad\.csv line 4: column 'close': not a number: 'x'"):
+        import_market(tmp_path / "bad.csv", tmp_path / "s2")
+    write(tmp_path / "ragged.csv", HEADER + ",note", '2024-01-05,1,1,1,1,1,1,"a', 'b",9')
+    with pytest.raises(DataImportError, match=r"ragged\.csv line 2 has 9 fields, the header has 8"):
+        import_market(tmp_path / "ragged.csv", tmp_path / "s3")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2021-01-05 garbage!!",
+        "2021-01-05T99:99",
+        "2021-01-05T10:60",
+        "2021-01-05 10:00:00+25:00",
+        "2021-01-05T10:00:00 junk",
+        "2021-01-05T",
+        "2021-01-05 10",
+    ],
+)
+def test_text_after_the_date_must_be_a_time(tmp_path, value):
+    write(tmp_path / "p.csv", HEADER, f"{value},1,1,1,1,1,1")
+    with pytest.raises(
+        DataImportError, match=rf"line 2: column 'date': unparseable date: '{re.escape(value)}'"
+    ):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2021-01-05 10:00",
+        "2021-01-05T23:59:59",
+        "2021-01-05T10:00:00.123456Z",
+        "2021-01-05 10:00:00+0900",
+        "2021-01-05 00:00:00-05:00",
+        "2021-01-05 10:00 JST",
+        "2021/01/05 10:00:00",
+        "20210105 10:00",
+    ],
+)
+def test_accepted_date_and_time_forms(tmp_path, value):
+    write(tmp_path / "p.csv", HEADER, f"{value},1,1,1,1,1,1")
+    import_market(tmp_path / "p.csv", tmp_path / "store")
+    assert RawStore.read(tmp_path / "store").prices["date"].to_list() == [dt.date(2021, 1, 5)]
+
+
+# ------------------------------------------------------------------------------------------ ticker folders
+
+
+def test_ticker_column_must_match_the_file_name(tmp_path):
+    folder = tmp_path / "q"
+    write(folder / "7203.csv", "Date,Ticker,Open,High,Low,Close,Volume", "2024-01-04,6758,1,1,1,1,1")
+    with pytest.raises(
+        DataImportError,
+        match=r"7203\.csv line 2: column 'Ticker' has code 6758 but the file name gives 7203",
+    ):
+        import_market(folder, tmp_path / "store")
+    # integer-like codes, a .T suffix and empty cells all agree with 7203
+    write(
+        folder / "7203.csv",
+        "Date,Symbol,Open,High,Low,Close,Volume",
+        "2024-01-04,7203.T,1,1,1,1,1",
+        "2024-01-05,7203.0,1,1,1,1,1",
+        "2024-01-08,,1,1,1,1,1",
+    )
+    write(folder / "6758.T.csv", "Date,Code,Open,High,Low,Close,Volume", "2024-01-04,6758,1,1,1,1,1")
+    m = import_market(folder, tmp_path / "store")
+    assert m["rows"] == 4 and m["codes"] == 2
+
+
+def test_two_files_with_the_same_code(tmp_path):
+    folder = tmp_path / "q"
+    write(folder / "6758.csv", "Date,Open,High,Low,Close,Volume", "2024-01-04,1,1,1,1,1")
+    write(folder / "6758.T.csv", "Date,Open,High,Low,Close,Volume", "2024-01-05,1,1,1,1,1")
+    with pytest.raises(DataImportError, match=r"6758\.T\.csv and 6758\.csv both give code 6758"):
+        import_market(folder, tmp_path / "store")
+
+
+def test_extra_columns_are_listed_in_the_manifest(tmp_path):
+    folder = tmp_path / "q"
+    header = "Date,Open,High,Low,Close,Adj Close,Volume,Dividends,Stock Splits"
+    write(folder / "7203.csv", header, "2024-01-04,1,1,1,1,1,1,0,0")
+    write(folder / "6758.csv", header + ",Note", "2024-01-04,1,1,1,1,1,1,0,0,x")
+    m = import_market(folder, tmp_path / "store")
+    assert m["source"]["prices"]["extra_columns_not_imported"] == ["Dividends", "Stock Splits", "Note"]
+    li = write(tmp_path / "li.csv", "code,sector,scale_name,as_of", "6758,Tech,Core30,20240101")
+    idx = write(tmp_path / "idx.csv", "Date,Open,High,Low,Close,Turnover", "2024-01-04,1,1,1,1,5")
+    m = import_market(clean_csv(tmp_path / "p.csv"), tmp_path / "s2", index=idx, listed_info=li)
+    assert "extra_columns_not_imported" not in m["source"]["prices"]
+    assert m["source"]["index"]["extra_columns_not_imported"] == ["Turnover"]
+    assert m["source"]["listed_info"]["extra_columns_not_imported"] == ["scale_name"]
+
+
+def test_progress_reports_files_read(tmp_path):
+    folder = tmp_path / "q"
+    for code in ("1111", "2222", "3333"):
+        write(folder / f"{code}.csv", "Date,Open,High,Low,Close,Volume", "2024-01-04,1,1,1,1,1")
+    calls: list[tuple] = []
+    import_market(folder, tmp_path / "store", progress=lambda *a: calls.append(a))
+    assert calls[0] == ("reading prices",)
+    assert [c for c in calls if len(c) == 3] == [
+        ("reading 1111.csv", 1, 3),
+        ("reading 2222.csv", 2, 3),
+        ("reading 3333.csv", 3, 3),
+    ]
+    assert ("writing store",) in calls
+
+
+def test_progress_is_throttled_for_large_folders(tmp_path):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    for i in range(1000, 1650):
+        (folder / f"{i}.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-04,1,1,1,1,1\n")
+    counted: list[tuple] = []
+    import_market(folder, tmp_path / "store", progress=lambda *a: counted.extend([a] if len(a) == 3 else []))
+    assert 100 <= len(counted) <= 200
+    assert counted[-1] == ("reading 1649.csv", 650, 650)
+
+
+# ------------------------------------------------------------------------------------------ listed info
+
+
+@pytest.mark.parametrize("value", ["99999999999", "2.5", "two"])
+def test_listed_info_sector_codes_must_be_integers(tmp_path, value):
+    prices = clean_csv(tmp_path / "p.csv")
+    write(tmp_path / "li.csv", "code,sector17_code,sector17_name", "1111,1,Food", f"2222,{value},Tech")
+    with pytest.raises(
+        DataImportError, match=rf"li\.csv line 3: column 'sector17_code': not a 32-bit integer: '{value}'"
+    ):
+        import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.csv")
+
+
+def test_listed_info_integral_float_sector_codes(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    pl.DataFrame({"code": ["1111"], "sector33_code": [1050.0], "sector": ["Mining"]}).write_parquet(
+        tmp_path / "li.parquet"
+    )
+    import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.parquet")
+    li = RawStore.read(tmp_path / "store").listed_info
+    assert li.filter(pl.col("code") == "1111")["sector33_code"].to_list() == [1050]
+
+
+def test_listed_info_latest_as_of_is_compared_as_a_date(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    write(
+        tmp_path / "li.csv",
+        "as_of,code,sector",
+        "2021-12-01,1111,Fish",
+        "2021-6-1,1111,Foods",
+        "20210101,2222,Old",
+        ",2222,Undated",
+        "2021/02/01,2222,New",
+    )
+    import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.csv")
+    li = RawStore.read(tmp_path / "store").listed_info
+    assert dict(zip(li["code"].to_list(), li["sector"].to_list(), strict=True)) == {
+        "1111": "Fish",
+        "2222": "New",
+    }
+    write(tmp_path / "bad.csv", "as_of,code,sector", "2021-12-01,1111,Fish", "Dec 2021,2222,Foods")
+    with pytest.raises(
+        DataImportError, match=r"bad\.csv line 3: column 'as_of': unparseable date: 'Dec 2021'"
+    ):
+        import_market(prices, tmp_path / "s2", listed_info=tmp_path / "bad.csv")
+
+
+# ------------------------------------------------------------------------------------------ quarantine
+
+
+def test_everything_quarantined_names_reasons_and_lines(tmp_path):
+    write(
+        tmp_path / "p.csv",
+        HEADER,
+        "2024-01-04,1,,,,,1",
+        "2024-01-05,1,1,1,1,1,-1",
+        "2024-01-08,1,,,,,1",
+        "2024-01-09,1,,,,,1",
+        "2024-01-10,1,,,,,1",
+    )
+    with pytest.raises(DataImportError) as e:
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+    msg = str(e.value)
+    assert "p.csv: no valid price rows left after quarantine" in msg
+    assert "all 5 rows quarantined: null_ohlc 4, negative_volume 1" in msg
+    assert "line 2 (null_ohlc)" in msg and "line 3 (negative_volume)" in msg and "line 4 (null_ohlc)" in msg
+    assert "line 5" not in msg  # only the first few
+    idx = write(tmp_path / "idx.csv", "Date,Open,High,Low,Close", "2024-01-04,,,,")
+    with pytest.raises(
+        DataImportError, match=r"no valid index rows left .*all 1 rows quarantined: null_ohlc 1"
+    ):
+        import_market(clean_csv(tmp_path / "ok.csv"), tmp_path / "store", index=idx)
+
+
+def test_quoted_line_break_in_the_last_row_and_crlf(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(
+        b"date,code,open,high,low,close,volume,note\r\n"
+        b'2024-01-04,1,1,1,1,1,1,"a, b"\r\n'
+        b"\r\n"
+        b'2024-01-05,1,1,1,1,1,1,"last\r\nrow"'
+    )
+    m = import_market(path, tmp_path / "store")
+    assert m["rows"] == 2 and checks(m)["blank_lines_skipped"] == 1
+    path.write_bytes(b'date,code,open,high,low,close,volume\n2024-01-04,1,1,1,1,1,"1\n')
+    with pytest.raises(DataImportError, match=r"p\.csv line 2: malformed quoting"):
+        import_market(path, tmp_path / "s2")

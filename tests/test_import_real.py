@@ -69,3 +69,31 @@ def test_real_sample_tables(imported):
     assert store.listed_info["code"].str.len_chars().eq(4).all()
     assert store.listed_info["sector"].null_count() == 9
     assert seconds < 30, f"importing the sample took {seconds:.1f}s"
+
+
+def test_real_sample_as_a_ticker_folder_is_fast(imported, tmp_path):
+    """The same prices as 318 per-ticker CSV files (as a quote downloader writes them) import in < 3 s."""
+    m, store, _ = imported
+    folder = tmp_path / "quotes"
+    folder.mkdir()
+    prices = pl.read_parquet(SAMPLE / "prices.parquet")
+    for (code,), part in prices.partition_by("code", as_dict=True).items():
+        part.select(
+            pl.col("date").alias("Date"),
+            *(pl.col(c).alias(c.title()) for c in ("open", "high", "low", "close", "volume")),
+        ).write_csv(folder / f"{code}.T.csv")
+    calls: list[tuple] = []
+    start = time.perf_counter()
+    folder_m = import_market(folder, tmp_path / "store", progress=lambda *a: calls.append(a))
+    seconds = time.perf_counter() - start
+    assert folder_m["source"]["prices"]["files"] == 318
+    assert folder_m["rows"] == m["rows"] and folder_m["quarantined_rows"] == m["quarantined_rows"]
+    assert RawStore.read(tmp_path / "store").prices.equals(store.prices)
+    assert calls[-1] == ("writing store",) and ("reading 9984.T.csv", 318, 318) in calls
+    assert seconds < 3, f"importing 318 ticker files took {seconds:.1f}s"
+
+
+def test_real_listed_info_sector_codes_and_extras(imported):
+    m, store, _ = imported
+    assert m["source"]["listed_info"]["extra_columns_not_imported"] == ["scale_code", "scale_name"]
+    assert store.listed_info["sector17_code"].drop_nulls().is_between(1, 17).all()

@@ -9,14 +9,26 @@ quarantined row, so nothing is dropped silently.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from atft.data.store import StoreError, conform, read_manifest, write_store
+from atft.data.store import (
+    INDEX_SCHEMA,
+    LISTED_INFO_SCHEMA,
+    PRICE_SCHEMA,
+    StoreError,
+    conform,
+    read_manifest,
+    write_store,
+)
 from atft.data.validation import (
     OHLC,
     DataImportError,
@@ -34,6 +46,9 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 NULL_TOKENS = ("", "na", "n/a", "nan", "null", "none", "-")
 MAX_LISTED = 20  # codes with out-of-order dates listed in the manifest details
 MAX_NO_SECTOR = 100  # codes without a sector listed in the manifest details
+MAX_PROGRESS = 200  # most per-file progress calls while reading a folder, however many files it holds
+MAX_EXAMPLES = 3  # quarantined lines quoted when nothing is left to import
+INT32 = (-(2**31), 2**31 - 1)
 
 # Input column names are matched on their lower-case letters and digits only ("Adj Close" -> "adjclose").
 BAR_ALIASES: dict[str, tuple[str, ...]] = {
@@ -60,8 +75,16 @@ LISTED_ALIASES: dict[str, tuple[str, ...]] = {
 }
 SECTOR_COLUMNS = ("sector17_name", "sector33_name", "sector")
 RESERVED = ("source_file", "source_row", "reason", "table", "_order", "_adjust")
-# The date part of a date or timestamp text: whatever follows (a time, a zone) is ignored.
-DATE_PART = r"^(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8})(?:[T ]|$)"
+# A date as text: the date part (group 1, the only part used), then optionally a well-formed time
+# (HH:MM, HH:MM:SS, fractional seconds) and, after a time, a zone (Z, +09:00, +0900, JST). Anything
+# else after the date makes the value unparseable rather than silently truncated.
+DATE_TEXT = (
+    r"^(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8})"
+    r"(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
+    r"(?: ?(?:Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d|[A-Z]{3,4}))?)?$"
+)
+# An exchange suffix on a ticker (7203.T): a per-ticker file's code column may carry one.
+TICKER_SUFFIX = r"\.[A-Za-z]+$"
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -75,21 +98,148 @@ def _existing(path: str | Path, what: str) -> Path:
     return p
 
 
+def _quote(field: str) -> str:
+    """One CSV field, quoted so that any comma, quote, CR or LF inside survives; empty stays empty."""
+    return '"' + field.replace('"', '""') + '"' if field else ""
+
+
+def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str], list[int], int]:
+    """Split a CSV file into header and records, and check every record has as many fields as the header.
+
+    Returns CSV bytes for polars with the blank records removed (empty lines, or only spaces and
+    commas), so that its rows are exactly the data records; the header fields; the 1-based line on which
+    each data record starts; and the number of blank records removed. Polars reports neither the line of
+    a ragged record nor short records at all, hence this pass. A file without quotes (the usual case)
+    has one record per line, and its commas are counted per line with numpy over the raw bytes; a file
+    with quotes (or ``careful``) is parsed with Python's csv module, which handles quoted commas,
+    doubled quotes and fields spanning lines.
+    """
+    data = file.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataImportError(f"{location(file, line)} is not UTF-8 text") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    if careful or b'"' in data:
+        records, starts, blank, spans_lines = _csv_module_records(file, data.decode("utf-8"))
+        header = records[0] if records else []
+        fields = [len(r) for r in records]
+        if not starts:
+            raise DataImportError(f"{file} is empty" if not data else f"{file} has only blank lines")
+        _check_field_counts(file, fields, starts)
+        # Write the records again, one per line, quoting what needs it (a field may span lines).
+        payload = "".join(",".join(map(_quote, r)) + "\n" for r in records).encode()
+        return payload, header, starts[1:], blank
+    return _unquoted_records(file, data)
+
+
+def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[int], int]:
+    """``_csv_records`` for a file without quotes: one record per line, vectorized over the bytes."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    n_lines = len(newlines) + (0 if data.endswith(b"\n") or not data else 1)
+    line_start = np.r_[0, newlines + 1][:n_lines]
+    line_end = np.r_[newlines, len(buf)][:n_lines]  # exclusive; a trailing \r is stripped below
+
+    def per_line(mask: np.ndarray) -> np.ndarray:
+        # The line of a byte is the number of newlines before it.
+        return np.bincount(np.searchsorted(newlines, np.flatnonzero(mask)), minlength=n_lines)[:n_lines]
+
+    # Count only the rare bytes (commas, blanks) per line; a line with nothing else is a blank record.
+    commas = per_line(buf == ord(","))
+    blanks = per_line((buf == ord(" ")) | (buf == ord("\t")) | (buf == ord("\r")))
+    content = (line_end - line_start) - commas - blanks
+    fields = commas + 1
+    records = np.flatnonzero(content > 0)
+    if len(records) == 0:
+        raise DataImportError(f"{file} is empty" if not data else f"{file} has only blank lines")
+    starts = (records + 1).tolist()  # 1-based line numbers
+    _check_field_counts(file, fields[records], starts)
+    first = records[0]
+    header = data[line_start[first] : line_end[first]].decode("utf-8").removesuffix("\r").split(",")
+    if len(records) == n_lines:
+        payload = data
+    else:  # cut out the blank lines: few runs of consecutive records, joined once
+        breaks = np.flatnonzero(np.diff(records) != 1)
+        run_first = records[np.r_[0, breaks + 1]]
+        run_last = records[np.r_[breaks, len(records) - 1]]
+        payload = b"".join(
+            data[line_start[a] : line_end[b]] + b"\n" for a, b in zip(run_first, run_last, strict=True)
+        )
+    return payload, header, starts[1:], n_lines - len(records)
+
+
+def _check_field_counts(file: Path, fields, starts: list[int]) -> None:
+    """Error naming the first record whose number of fields differs from the header's."""
+    fields = np.asarray(fields)
+    wrong = np.flatnonzero(fields != fields[0])
+    if len(wrong):
+        more = f" ({len(wrong)} malformed lines)" if len(wrong) > 1 else ""
+        i = wrong[0]
+        raise DataImportError(
+            f"{location(file, starts[i])} has {fields[i]} fields, the header has {fields[0]}{more}"
+        )
+
+
+def _csv_module_records(file: Path, text: str) -> tuple[list[list[str]], list[int], int, bool]:
+    """The non-blank records of a CSV text, the line each starts on, the number of blank records, and
+    whether any record spans several lines (a quoted field with a line break)."""
+    records: list[list[str]] = []
+    starts: list[int] = []
+    end = blank = 0
+    spans_lines = False
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if any(field.strip() for field in row):
+                records.append(row)
+                starts.append(start)
+                spans_lines |= end > start
+            else:
+                blank += 1
+    except csv.Error as e:
+        raise DataImportError(f"{location(file, end + 1)}: malformed quoting ({e})") from None
+    return records, starts, blank, spans_lines
+
+
+def _check_header(file: Path, header: list[str]) -> None:
+    """Error for a column name that appears more than once (polars would rename the copies silently)."""
+    names = [h.strip() for h in header]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            raise DataImportError(f"{file}: column '{name}' appears {names.count(name)} times in the header")
+
+
+def _read_csv(file: Path) -> tuple[pl.DataFrame, list[int], int]:
+    """Read a CSV file (all columns as text): the frame, each row's line number, blank lines removed."""
+    payload, header, starts, blank = _csv_records(file)
+    _check_header(file, header)
+    df = pl.read_csv(payload, infer_schema=False)
+    if df.height != len(starts):  # polars split the records differently: let the csv module decide
+        payload, header, starts, blank = _csv_records(file, careful=True)
+        df = pl.read_csv(payload, infer_schema=False)
+        if df.height != len(starts):
+            raise DataImportError(f"{file} cannot be split into records consistently")
+    return df, starts, blank
+
+
 def _read_file(file: Path) -> tuple[pl.DataFrame, int]:
     """Read one CSV (all columns as text) or parquet file; add ``source_file`` and ``source_row``.
 
-    CSV rows get their line number (header = line 1); parquet rows their 0-based row index. Blank CSV
-    lines are dropped and their number returned. Input columns named like a provenance column get an
-    ``input_`` prefix.
+    CSV rows get the line they start on (header = line 1, blank lines count); parquet rows their
+    0-based row index. Blank CSV records (empty, or nothing but spaces and commas) are dropped and their
+    number returned. Input columns named like a provenance column get an ``input_`` prefix.
     """
     suffix = file.suffix.lower()
     try:
         if suffix in CSV_SUFFIXES:
-            df = pl.read_csv(file, infer_schema=False)
-            first_row = 2
+            df, starts, blank = _read_csv(file)
+            rows = pl.Series("source_row", starts, pl.Int64)
         elif suffix in PARQUET_SUFFIXES:
-            df = pl.read_parquet(file)
-            first_row = 0
+            df, blank = pl.read_parquet(file), 0
+            rows = pl.int_range(df.height, dtype=pl.Int64, eager=True).alias("source_row")
         else:
             raise DataImportError(
                 f"{file}: unsupported extension '{file.suffix}' (expected .csv or .parquet, or a folder of .csv)"
@@ -100,16 +250,9 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int]:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataImportError(f"{file} cannot be read: {first_line}") from e
     df = df.rename({c: f"input_{c}" for c in df.columns if c.strip() in RESERVED})
-    df = df.with_row_index("source_row", offset=first_row)
-    total = df.height
-    data = [c for c in df.columns if c != "source_row"]
-    if suffix in CSV_SUFFIXES and data:
-        df = df.filter(~pl.all_horizontal(pl.col(c).str.strip_chars().fill_null("") == "" for c in data))
-    blank = total - df.height
     if df.height == 0:
-        raise DataImportError(f"{file} has no data rows (columns found: {', '.join(data) or 'none'})")
-    df = df.with_columns(pl.col("source_row").cast(pl.Int64), pl.lit(str(file)).alias("source_file"))
-    return df, blank
+        raise DataImportError(f"{file} has no data rows (columns found: {', '.join(df.columns) or 'none'})")
+    return df.with_columns(rows, pl.lit(str(file)).alias("source_file")), blank
 
 
 def _key(name: str) -> str:
@@ -152,21 +295,40 @@ def _require(file: Path, original: dict[str, str], found: list[str], required: t
 Parser = Callable[[pl.Expr, pl.DataType], tuple[pl.Expr, pl.Expr] | None]
 
 
+def _missing(c: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Null, or text that means "no value" (empty, NA, NaN, ...)."""
+    if dtype == pl.String:
+        return c.is_null() | c.str.strip_chars().str.to_lowercase().is_in(NULL_TOKENS)
+    return c.is_null()
+
+
 def _date_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
-    """Dates as written: a Date, a Datetime (its local calendar date), 20210528, or text whose date part
-    comes before any time (``2021-05-28 00:00:00+09:00``, ``2021-05-28T00:00:00Z``, ``2021/05/28``)."""
+    """Dates as written: a Date, a Datetime (its local calendar date), 20210528 (also as 20210528.0), or
+    text of a date with an optional time and zone (``2021-05-28 00:00:00+09:00``, ``2021/05/28``);
+    see ``DATE_TEXT``. The date part is used as written, never converted to another zone."""
     if dtype == pl.Date:
         parsed = c
     elif isinstance(dtype, pl.Datetime):
         parsed = c.dt.date()
-    elif dtype.is_integer() or dtype == pl.String:
-        part = c.cast(pl.String).str.strip_chars().str.extract(DATE_PART, 1)
+    elif dtype.is_integer() or dtype.is_float() or dtype == pl.String:
+        if dtype.is_float():  # pandas writes integer dates of a column with gaps as floats
+            c = pl.when(c == c.floor()).then(c.cast(pl.Int64, strict=False))
+        part = c.cast(pl.String).str.strip_chars().str.extract(DATE_TEXT, 1)
         parsed = pl.coalesce(
             part.str.to_date(fmt, strict=False) for fmt in ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d")
         )
     else:
         return None
     return parsed, parsed.is_null()
+
+
+def _optional_date_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """Like ``_date_parser``, but a missing value is allowed (null) rather than bad."""
+    result = _date_parser(c, dtype)
+    if result is None:
+        return None
+    parsed, bad = result
+    return parsed, bad & ~_missing(c, dtype)
 
 
 def _code_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
@@ -189,21 +351,34 @@ def _number_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | 
         parsed, bad = c.cast(pl.Float64), pl.lit(False)
     elif dtype == pl.String:
         parsed = c.str.strip_chars().cast(pl.Float64, strict=False)
-        bad = parsed.is_null() & c.is_not_null() & ~c.str.strip_chars().str.to_lowercase().is_in(NULL_TOKENS)
+        bad = parsed.is_null() & ~_missing(c, dtype)
     else:
         return None
     return parsed.fill_nan(None), bad
 
 
+def _integer_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """Int32 codes (sector codes): a number that is whole (2, 2.0) and fits; 2.5 or 99999999999 is bad,
+    never rounded or nulled. Missing values are null, as for numbers."""
+    result = _number_parser(c, dtype)
+    if result is None:
+        return None
+    value, bad = result
+    fits = (value == value.floor()) & value.is_between(*INT32)
+    return pl.when(fits).then(value.cast(pl.Int32, strict=False)), bad | (value.is_not_null() & ~fits)
+
+
 PARSERS: dict[str, tuple[Parser, str]] = {
     "date": (_date_parser, "unparseable date"),
+    "optional date": (_optional_date_parser, "unparseable date"),
     "code": (_code_parser, "missing or non-integer code"),
     "number": (_number_parser, "not a number"),
+    "integer": (_integer_parser, "not a 32-bit integer"),
 }
 
 
 def _parse(raw: pl.DataFrame, kinds: dict[str, str], names: dict[str, dict[str, str]]) -> pl.DataFrame:
-    """Parse the columns of ``kinds`` (column -> "date" | "code" | "number") in place, in one pass.
+    """Parse the columns of ``kinds`` (column -> a kind of ``PARSERS``) in place, in one pass.
 
     ``names`` maps each source file to its canonical -> input column names, so that an error for the
     first bad value names the file, the line or row, the column as the input spells it, and the value.
@@ -232,11 +407,40 @@ def _parse(raw: pl.DataFrame, kinds: dict[str, str], names: dict[str, dict[str, 
     return raw.with_columns(parsed)
 
 
+def _check_file_code(df: pl.DataFrame, file: Path, name: str, code: str) -> None:
+    """Every non-null code in a per-ticker file's code column must be the code its file name gives.
+
+    Codes are compared after the usual normalisation (``7203.0`` -> ``7203``), with and without an
+    exchange suffix (``7203.T``), so a downloader's own ticker column agrees with its file name.
+    """
+    result = _code_parser(pl.col("code"), df.schema["code"])
+    if result is None:
+        raise DataImportError(f"{file}: column '{name}' has type {df.schema['code']}, not a code")
+    values = df.select(result[0].alias("value"), "source_row").drop_nulls("value")
+    bare = pl.col("value").str.replace(TICKER_SUFFIX, "")
+    wrong = values.filter((pl.col("value") != code) & (bare != code))
+    if wrong.height == 0:
+        return
+    first = wrong.row(0, named=True)
+    where = location(file, first["source_row"])
+    more = f" ({wrong.height} rows disagree)" if wrong.height > 1 else ""
+    codes = values.select(bare.unique().sort()).to_series()
+    if codes.len() > 1:
+        raise DataImportError(
+            f"{file}: column '{name}' holds several codes ({', '.join(codes[:5])}) but this file must hold "
+            f"a single series: {where} has code {first['value']} but the file name gives {code}{more}"
+        )
+    raise DataImportError(
+        f"{where}: column '{name}' has code {first['value']} but the file name gives {code}{more}"
+    )
+
+
 def _prepare_bars(
     raw: pl.DataFrame, file: Path, *, code: str | None, require_volume: bool
 ) -> tuple[pl.DataFrame, dict[str, str]]:
     """Rename one file's columns, check the required ones, and give it a code (``code`` is the code of
-    every row for per-ticker files and the index; ``None`` reads it from a column).
+    every row: the file name's code for per-ticker files, ``""`` for the index; ``None`` reads it from
+    a column).
 
     Returns the frame (still unparsed) and its canonical -> input column names.
     """
@@ -245,7 +449,9 @@ def _prepare_bars(
     required = ("date", *(("code",) if code is None else ()), *OHLC, *(("volume",) if require_volume else ()))
     _require(file, original, found, required)
     if code is not None:
-        if "code" in original:  # a code column in a single-series file must agree with itself
+        if "code" in original and code:  # a per-ticker file's code column must agree with its name
+            _check_file_code(df, file, original.pop("code"), code)
+        elif "code" in original:  # an index file's code column must agree with itself
             name = original.pop("code")
             codes = df["code"].cast(pl.String).drop_nulls().unique().sort()
             if codes.len() > 1:
@@ -262,17 +468,49 @@ def _prepare_bars(
 def _csv_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The visible CSV files of a folder (sorted) and every other entry, which is ignored."""
     entries = sorted(folder.iterdir())
-    files = [
-        p for p in entries if p.is_file() and p.suffix.lower() in CSV_SUFFIXES and not p.name.startswith(".")
+    is_csv = [
+        p.is_file() and p.suffix.lower() in CSV_SUFFIXES and not p.name.startswith(".") for p in entries
     ]
-    return files, [p for p in entries if p not in files]
+    return [p for p, ok in zip(entries, is_csv, strict=True) if ok], [
+        p for p, ok in zip(entries, is_csv, strict=True) if not ok
+    ]
 
 
-def _read_bars(path: str | Path, *, what: str) -> tuple[pl.DataFrame, dict[str, Any], dict[str, int]]:
+def _file_codes(folder: Path, files: list[Path]) -> list[str]:
+    """The code of each per-ticker file (its name up to the first dot); two files with one code are an
+    error, since their rows would silently merge into one series."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        code = f.name.split(".")[0]
+        if code in seen:
+            raise DataImportError(
+                f"{folder}: {seen[code].name} and {f.name} both give code {code}; keep only one of them"
+            )
+        seen[code] = f
+    return list(seen)
+
+
+def _extra_columns(frames: list[tuple[pl.DataFrame, dict[str, str]]], imported: set[str]) -> list[str]:
+    """Input columns that are not written to the store, as the input spells them, in order of first
+    appearance over ``frames`` (each a renamed frame with its canonical -> input column names).
+
+    They still travel into ``rejected_rows`` with a quarantined row; the manifest lists them so that
+    dropping them from kept rows is not silent.
+    """
+    skip = imported | {"source_file", "source_row", "_adjust"}
+    return list(
+        dict.fromkeys(original.get(c, c) for df, original in frames for c in df.columns if c not in skip)
+    )
+
+
+def _read_bars(
+    path: str | Path, *, what: str, say: Callable[..., None]
+) -> tuple[pl.DataFrame, dict[str, Any], dict[str, int]]:
     """Read prices (``what="prices"``) or the index into one parsed working frame in input order.
 
     Files are read one by one (headers are checked per file), concatenated, then parsed in one pass.
-    Returns the frame, the ``source`` entry for the manifest and read-time counts.
+    For a folder, ``say(f"reading {name}", done, total)`` reports the files read (at most
+    ``MAX_PROGRESS`` times). Returns the frame, the ``source`` entry for the manifest and read-time counts.
     """
     p = _existing(path, what)
     is_index = what == "index"
@@ -290,19 +528,28 @@ def _read_bars(path: str | Path, *, what: str) -> tuple[pl.DataFrame, dict[str, 
         raise DataImportError(
             f"{p}: unsupported extension '{p.suffix}' (expected .csv or .parquet, or a folder of .csv)"
         )
-    code_from_column = layout != "ticker_folder" and not is_index  # else the file name (or "") is the code
+    if is_index:  # a single series: its code column, if any, is only checked, never used
+        codes: list[str | None] = [""]
+    elif layout == "ticker_folder":
+        codes = _file_codes(p, files)
+    else:
+        codes = [None]  # read from the code column
+    step = -(-len(files) // MAX_PROGRESS)  # report every step-th file, and the last
     frames, names, blank = [], {}, 0
-    for f in files:
+    for done, (f, code) in enumerate(zip(files, codes, strict=True), start=1):
         raw, n_blank = _read_file(f)
-        code = None if code_from_column else ("" if is_index else f.name.split(".")[0])
         frame, names[str(f)] = _prepare_bars(raw, f, code=code, require_volume=not is_index)
         frames.append(frame)
         blank += n_blank
+        if layout == "ticker_folder" and (done % step == 0 or done == len(files)):
+            say(f"reading {f.name}", done, len(files))
+    imported = {*(INDEX_SCHEMA if is_index else PRICE_SCHEMA), "code", "adj_close"}
+    extra = _extra_columns(list(zip(frames, names.values(), strict=True)), imported)
     df = pl.concat(frames, how="diagonal_relaxed")
     optional = [c for c in ("volume", "turnover") if c not in df.columns]
     df = df.with_columns(pl.lit(None, pl.Float64).alias(c) for c in optional)
     numbers = [c for c in (*OHLC, "volume", "turnover", "adj_close") if c in df.columns]
-    code_kind = {"code": "code"} if code_from_column else {}
+    code_kind = {"code": "code"} if codes == [None] else {}  # else every file's code is already set
     df = _parse(df, {"date": "date", **code_kind, **dict.fromkeys(numbers, "number")}, names)
     adjusted = sum("adj_close" in n for n in names.values())
     if adjusted:
@@ -314,6 +561,8 @@ def _read_bars(path: str | Path, *, what: str) -> tuple[pl.DataFrame, dict[str, 
         source["ignored_files"] = [q.name for q in ignored]
     if adjusted:
         source["adjusted_files"] = adjusted
+    if extra:
+        source["extra_columns_not_imported"] = extra
     return (
         df.with_row_index("_order"),
         source,
@@ -326,8 +575,10 @@ def _read_listed_info(
 ) -> tuple[pl.DataFrame, dict[str, Any], dict[str, int]]:
     """Read listed info: code plus a sector (sector17_name, else sector33_name, else sector) per code.
 
-    Text is stripped (the real sample has trailing spaces in sector names). When a code has several rows
-    the latest ``as_of`` (or the last row) wins, and the extra rows are counted.
+    Text is stripped (the real sample has trailing spaces in sector names). Sector codes must be whole
+    numbers that fit an Int32. When a code has several rows the latest ``as_of`` (parsed as a date, so
+    ``2021-6-1`` is older than ``2021-12-01``; an empty ``as_of`` is oldest) or else the last row wins,
+    and the extra rows are counted.
     """
     p = _existing(path, "listed_info")
     if p.is_dir():
@@ -342,17 +593,18 @@ def _read_listed_info(
             f"{p}: missing a sector column (one of sector17_name, sector33_name, sector; columns found: {cols})"
         )
     codes = [c for c in ("sector17_code", "sector33_code") if c in original]
-    df = _parse(df, {"code": "code", **dict.fromkeys(codes, "number")}, {str(p): original})
-    texts = [
-        c for c in ("name", "market", "sector17_name", "sector33_name", "sector", "as_of") if c in original
-    ]
+    as_of = {"as_of": "optional date"} if "as_of" in original else {}
+    extra = _extra_columns([(df, original)], {*LISTED_INFO_SCHEMA, "as_of"})
+    df = _parse(df, {"code": "code", **dict.fromkeys(codes, "integer"), **as_of}, {str(p): original})
+    texts = [c for c in ("name", "market", "sector17_name", "sector33_name", "sector") if c in original]
     df = df.select(
         "code",
         *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in texts),
-        *(pl.col(c).cast(pl.Int32, strict=False) for c in codes),
+        *codes,
+        *as_of,
         "source_row",
     ).with_columns(pl.coalesce(pl.col(c) for c in SECTOR_COLUMNS if c in texts).alias("sector"))
-    if "as_of" in df.columns:
+    if as_of:  # undated rows first, so that a dated row wins over them
         df = df.sort("as_of", nulls_last=False, maintain_order=True)
     dups = df.filter(pl.len().over("code") > 1)
     if strict and dups.height:
@@ -363,11 +615,13 @@ def _read_listed_info(
             "strict mode refuses to pick one"
         )
     kept = df.unique(subset="code", keep="last", maintain_order=True)
-    source = {
+    source: dict[str, Any] = {
         "path": str(p),
         "layout": "long_csv" if p.suffix.lower() in CSV_SUFFIXES else "long_parquet",
         "files": 1,
     }
+    if extra:
+        source["extra_columns_not_imported"] = extra
     counts = {
         "input_rows": df.height,
         "duplicate_codes": df.height - kept.height,
@@ -394,6 +648,18 @@ def _rejected_table(parts: list[tuple[str, pl.DataFrame | None]]) -> pl.DataFram
     lead += [c for c in ("adj_close", "volume", "turnover") if c in df.columns]
     rest = [c for c in df.columns if c not in lead and c not in ("_order", "_adjust")]
     return df.sort("table", "_order").select(*lead, *rest)
+
+
+def _nothing_left(path: str, what: str, rejected: pl.DataFrame) -> DataImportError:
+    """The error when every row of an input was quarantined: counts by reason and the first lines."""
+    reasons = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+    counts = ", ".join(f"{reason} {n}" for reason, n in reasons.iter_rows())
+    first = rejected.sort("_order").head(MAX_EXAMPLES).iter_rows(named=True)
+    lines = ", ".join(f"{location(r['source_file'], r['source_row'])} ({r['reason']})" for r in first)
+    return DataImportError(
+        f"{path}: no valid {what} rows left after quarantine "
+        f"(all {rejected.height} rows quarantined: {counts}; first: {lines})"
+    )
 
 
 def _index_coverage(prices: pl.DataFrame, index: pl.DataFrame) -> dict[str, int]:
@@ -433,7 +699,7 @@ def import_market(
     strict: bool = False,
     extreme_move: float = 0.25,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Import daily prices (plus an optional index and listed info) into a raw store at ``out``.
 
@@ -441,8 +707,13 @@ def import_market(
     quarantined rows go to the ``rejected_rows`` table. ``strict`` turns every repair and quarantine
     into a :class:`DataImportError`; ragged histories and extreme moves (|daily return| above
     ``extreme_move``) stay reports. Raises :class:`StoreError` if ``out`` exists and not ``overwrite``.
+
+    ``progress``, if given, is called as ``progress(stage)`` when a stage starts ("reading prices",
+    "validating prices", ..., "writing store"), and as ``progress(f"reading {file_name}", done, total)``
+    while the files of a folder are read (``done`` files of ``total`` read; at most about 200 calls
+    however many files there are).
     """
-    say = progress or (lambda _stage: None)
+    say = progress or (lambda *_: None)
     if not extreme_move > 0:
         raise ValueError(f"extreme_move must be a positive return threshold, got {extreme_move}")
     out = Path(out).expanduser()
@@ -455,22 +726,22 @@ def import_market(
             )
 
     say("reading prices")
-    raw, prices_source, read_counts = _read_bars(prices, what="prices")
+    raw, prices_source, read_counts = _read_bars(prices, what="prices", say=say)
     say("validating prices")
     bars, rejected, counts = clean_bars(raw, strict=strict)
     if bars.height == 0:
-        raise DataImportError(f"{prices_source['path']}: no valid price rows left after quarantine")
+        raise _nothing_left(prices_source["path"], "price", rejected)
     out_of_order = counts.pop("_codes_out_of_order")
     input_rows = counts.pop("input_rows")
 
     index_bars, index_rejected, index_checks, index_source = None, None, {}, None
     if index is not None:
         say("reading index")
-        raw_index, index_source, index_read = _read_bars(index, what="index")
+        raw_index, index_source, index_read = _read_bars(index, what="index", say=say)
         say("validating index")
         index_bars, index_rejected, index_checks = clean_bars(raw_index, strict=strict)
         if index_bars.height == 0:
-            raise DataImportError(f"{index_source['path']}: no valid index rows left after quarantine")
+            raise _nothing_left(index_source["path"], "index", index_rejected)
         index_checks["dates_out_of_order"] = int(bool(index_checks.pop("_codes_out_of_order")))
         del index_checks["codes_out_of_order"]
         index_checks = {
