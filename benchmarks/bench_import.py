@@ -30,7 +30,17 @@ def main() -> None:
         csv = Path(tmp) / "prices.csv"
         synthesize(SynthParams(n_stocks=args.stocks, n_days=args.days)).prices.write_csv(csv)
         size_mb = csv.stat().st_size / 1024**2
-        cmd = [sys.executable, "-m", "atft.cli.app", "data", "import", "--prices", str(csv), "--out", f"{tmp}/store"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "atft.cli.app",
+            "data",
+            "import",
+            "--prices",
+            str(csv),
+            "--out",
+            f"{tmp}/store",
+        ]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
