@@ -102,3 +102,64 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(tmp_path):
         assert r.exit_code == 2 and "refusing to replace" in r.output
     assert (victim / "thesis.txt").read_text() == "mine"
     assert (tmp_path / "raw" / "thesis.txt").read_text() == "mine"
+
+
+def test_paths_and_data_with_brackets_print_literally(tmp_path):
+    # Rich markup must never interpret user data: "[/x]" would crash it, "[red]" would vanish.
+    out = tmp_path / "[red]run[/x]"
+    r = runner.invoke(app, ["data", "synth", "--stocks", "20", "--days", "200", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "[red]run[/x]" in r.output.replace("\n", "")
+    r = runner.invoke(app, ["data", "info", str(tmp_path / "[/bold]missing")])
+    assert r.exit_code == 2 and "[/bold]missing" in r.output
+    assert isinstance(r.exception, SystemExit)
+
+
+def test_info_renders_hand_edited_manifest_entries(tmp_path):
+    out = tmp_path / "raw"
+    assert (
+        runner.invoke(app, ["data", "synth", "--stocks", "20", "--days", "200", "--out", str(out)]).exit_code
+        == 0
+    )
+    mf = out / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    manifest.update(
+        checks=["[/oops]"],
+        details={
+            "extreme_moves": ["x", {"code": "[b]", "return": "big"}],
+            "codes_without_sector": [1, "[/i]"],
+        },
+        oracle_rank_ic={"5d": "n/a"},
+        rows="lots",
+    )
+    mf.write_text(json.dumps(manifest))
+    r = runner.invoke(app, ["data", "info", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "[/oops]" in r.output and "n/a" in r.output and "lots" in r.output and "[/i]" in r.output
+
+
+def test_info_on_a_malformed_manifest_is_a_clean_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"tables": {"prices": [1]}}')
+    r = runner.invoke(app, ["data", "info", str(tmp_path)])
+    assert r.exit_code == 2 and "tables.prices" in r.output
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{}")
+    r = runner.invoke(app, ["data", "info", str(tmp_path)])
+    assert r.exit_code == 2 and "UTF-8" in r.output
+
+
+def test_os_errors_are_clean_errors(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    r = runner.invoke(
+        app, ["data", "synth", "--stocks", "20", "--days", "200", "--out", str(tmp_path / "a_file" / "raw")]
+    )
+    assert r.exit_code == 2 and "a_file" in r.output
+    assert isinstance(r.exception, SystemExit)
+
+
+def test_synth_refuses_a_symlinked_out(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    r = runner.invoke(
+        app,
+        ["data", "synth", "--stocks", "20", "--days", "200", "--out", str(tmp_path / "link"), "--overwrite"],
+    )
+    assert r.exit_code == 2 and "symbolic link" in r.output

@@ -9,7 +9,7 @@ import stat
 import polars as pl
 import pytest
 
-from atft.data.store import RawStore, StoreError, conform, read_manifest, write_store
+from atft.data.store import RawStore, StoreError, check_target, conform, read_manifest, write_store
 
 
 def tables(n: int = 3):
@@ -139,3 +139,73 @@ def test_overwrite_refuses_a_store_that_also_holds_other_files(tmp_path):
     with pytest.raises(StoreError, match="notes.txt"):
         write_store(tmp_path / "s", tables(), {"kind": "new"}, overwrite=True)
     assert (tmp_path / "s" / "notes.txt").exists()
+
+
+def _store_with_manifest(tmp_path, edit):
+    write_store(tmp_path / "s", tables(), {"kind": "test"})
+    mf = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    edit(manifest)
+    mf.write_text(json.dumps(manifest))
+    return tmp_path / "s"
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m["tables"].update(prices=5), "tables.prices must be an object"),
+        (lambda m: m["tables"]["prices"].pop("rows"), "tables.prices needs 'rows'"),
+        (lambda m: m["tables"]["prices"].update(rows="many"), "tables.prices needs 'rows'"),
+        (lambda m: m["tables"]["prices"].update(columns="date"), "tables.prices needs 'columns'"),
+        (lambda m: m["tables"]["prices"].update(file="../other.parquet"), "tables.prices must name"),
+        (lambda m: m["tables"].update({"../x": {"rows": 0, "columns": []}}), "not a table name"),
+    ],
+)
+def test_malformed_table_entries_name_the_entry(tmp_path, edit, named):
+    store = _store_with_manifest(tmp_path, edit)
+    with pytest.raises(StoreError, match=named.replace(".", r"\.").replace("'", "'")):
+        read_manifest(store)
+
+
+def test_manifest_that_is_not_utf8(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b'{"kind": "\xff"}')
+    with pytest.raises(StoreError, match="not UTF-8"):
+        read_manifest(tmp_path)
+
+
+def test_overwrite_trusts_only_table_files_a_manifest_lists(tmp_path):
+    # A manifest that claims someone's file as a table must not let --overwrite delete it.
+    store = _store_with_manifest(tmp_path, lambda m: m["tables"].update({"notes.txt": {}}))
+    (store / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="notes.txt"):
+        write_store(store, tables(), {"kind": "new"}, overwrite=True)
+    assert (store / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlinked_target_is_refused(tmp_path, dangling):
+    real = tmp_path / "real"
+    if not dangling:
+        write_store(real, tables(), {"kind": "old"})
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(StoreError, match="symbolic link"):
+        write_store(link, tables(), {"kind": "new"}, overwrite=True)
+    assert (
+        link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"][: 2 - dangling]
+    )
+
+
+def test_store_name_with_glob_characters(tmp_path):
+    # Stale-staging cleanup globs on the name; brackets must match literally, not as a character class.
+    out = tmp_path / "s[1]"
+    write_store(out, tables(), {"kind": "test"})
+    write_store(out, tables(), {"kind": "again"}, overwrite=True)
+    assert read_manifest(out)["kind"] == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s[1]"]
+
+
+def test_a_target_under_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        check_target(tmp_path / "f" / "sub" / "raw", overwrite=False)

@@ -188,6 +188,11 @@ def test_bad_parameters_name_the_parameter():
         SynthParams(n_stocks=3)
     with pytest.raises(ValueError, match="signal_strength"):
         SynthParams(signal_strength=-1)
+    with pytest.raises(ValueError, match="signal_strength"):
+        SynthParams(signal_strength=float("nan"))
+    # So many days that dates would run past the year 9999: refused before any work, naming n_days.
+    with pytest.raises(ValueError, match="n_days"):
+        SynthParams(n_stocks=10, n_days=2_000_000)
 
 
 def test_write_and_read_back(tmp_path, market):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from atft.cli.ui import console, fail, manifest_tables, stages
+from atft.cli.ui import console, fail, manifest_tables, os_error_message, stages
 from atft.data.store import StoreError, check_target, read_manifest
 
 app = typer.Typer(help="Make, import and inspect market data.", no_args_is_help=True)
@@ -46,9 +47,11 @@ def synth(
             manifest = write_synthetic(market, out, overwrite=overwrite)
     except (ValueError, StoreError) as e:
         fail(str(e))
+    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
+        fail(os_error_message(e))
     for table in manifest_tables(manifest):
         console.print(table)
-    console.print(f"Wrote [bold]{out}[/]")
+    console.print(f"Wrote [bold]{escape(str(out))}[/]")
 
 
 @app.command("import")
@@ -85,9 +88,11 @@ def import_(
             )
     except (DataImportError, StoreError, ValueError) as e:
         fail(str(e))
+    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
+        fail(os_error_message(e))
     for table in manifest_tables(manifest):
         console.print(table)
-    console.print(f"Wrote [bold]{out}[/]")
+    console.print(f"Wrote [bold]{escape(str(out))}[/]")
 
 
 @app.command("info")
@@ -97,5 +102,7 @@ def info(path: Path = typer.Argument(..., help="A store folder (one with manifes
         manifest = read_manifest(path)
     except StoreError as e:
         fail(str(e))
+    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
+        fail(os_error_message(e))
     for table in manifest_tables(manifest):
         console.print(table)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from atft.cli.ui import console, fail, manifest_tables, stages
+from atft.cli.ui import console, fail, manifest_tables, os_error_message, stages
 from atft.data.store import StoreError, check_target
 
 
@@ -28,8 +29,11 @@ def demo(
             manifest = write_synthetic(market, raw, overwrite=True)
     except (ValueError, StoreError) as e:
         fail(str(e))
+    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
+        fail(os_error_message(e))
     for table in manifest_tables(manifest):
         console.print(table)
     console.print(
-        f"Synthetic market written to [bold]{raw}[/]; inspect it again with [bold]atft data info {raw}[/]"
+        f"Synthetic market written to [bold]{escape(str(raw))}[/]; "
+        f"inspect it again with [bold]atft data info {escape(str(raw))}[/]"
     )

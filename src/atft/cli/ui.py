@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,8 +27,15 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error (no traceback: the message names the file, key or row) and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape(): messages quote data and paths, and a code like "[/x]" must print, not parse as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def os_error_message(e: OSError) -> str:
+    """An OS error as one line that names the path: "runs/x/raw: Not a directory"."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {e.strerror or e}" if where else str(e)
 
 
 @contextmanager
@@ -48,6 +57,7 @@ def stages(title: str) -> Iterator[Callable[..., None]]:
         start = time.perf_counter()
 
         def say(stage: str, done: int | None = None, total: int | None = None) -> None:
+            stage = escape(stage)  # stages name input files, whose names may hold brackets
             if total is None:
                 progress.update(task, description=f"{title}: {stage}", total=None, completed=0)
                 err_console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {stage}", highlight=False)
@@ -66,8 +76,33 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield key, v
 
 
-def manifest_tables(manifest: dict[str, Any]) -> list[Table | str]:
-    """Rich tables summarizing a store manifest: overview, tables, checks and (synthetic) oracle skill."""
+def _cell(value: Any, limit: int = 200) -> Text:
+    """A table cell as plain text: manifest values come from data and must never be read as markup."""
+    if isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        text = " .. ".join(value)  # a date range
+    else:
+        text = str(value)
+    return Text(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _number(value: Any, fmt: str) -> str:
+    """``value`` formatted as a number, or shown as it is when a hand-edited manifest holds something else."""
+    try:
+        return format(value, fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
+    """Rich tables summarizing a store manifest: overview, tables, checks and (synthetic) oracle skill.
+
+    Everything shown is plain text, and entries of an unexpected shape are shown as they are rather than
+    crashing: ``atft data info`` is the tool one reaches for when a store looks wrong.
+    """
     overview = Table(title="Store", show_header=False)
     keys = (
         "kind",
@@ -84,52 +119,56 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table | str]:
     )
     for key in keys:
         if key in manifest:
-            value = manifest[key]
-            overview.add_row(
-                key,
-                " .. ".join(value)
-                if isinstance(value, list)
-                else f"{value:,}"
-                if isinstance(value, int)
-                else str(value),
-            )
-    out = [overview]
+            overview.add_row(key, _cell(manifest[key]))
+    out: list[Table | Text] = [overview]
     files = Table(title="Tables")
     files.add_column("table")
     files.add_column("rows", justify="right")
     files.add_column("columns")
     for name, info in manifest.get("tables", {}).items():
-        files.add_row(name, f"{info['rows']:,}", ", ".join(info["columns"]))
+        info = info if isinstance(info, dict) else {}
+        columns = info.get("columns")
+        files.add_row(
+            _cell(name),
+            _cell(info.get("rows", "?")),
+            _cell(", ".join(map(str, columns)) if isinstance(columns, list) else columns, limit=10_000),
+        )
     out.append(files)
-    if manifest.get("oracle_rank_ic"):
+    oracle_ic = manifest.get("oracle_rank_ic")
+    if isinstance(oracle_ic, dict) and oracle_ic:
         oracle = Table(title="Oracle: mean daily RankIC vs realized forward return")
-        for h in manifest["oracle_rank_ic"]:
-            oracle.add_column(h, justify="right")
-        oracle.add_row(*[f"{v:.4f}" for v in manifest["oracle_rank_ic"].values()])
+        for h in oracle_ic:
+            oracle.add_column(Text(str(h)), justify="right")
+        oracle.add_row(*[Text(_number(v, ".4f")) for v in oracle_ic.values()])
         out.append(oracle)
-    checks = list(_flatten(manifest.get("checks", {})))
+    checks = manifest.get("checks")
+    checks = list(_flatten(checks)) if isinstance(checks, dict) else [("checks", checks)] if checks else []
     if checks:
         table = Table(title="Checks and repairs")
         table.add_column("check")
         table.add_column("value", overflow="fold")
         for key, value in checks:
-            text = str(value)
-            table.add_row(key, text if len(text) <= 200 else text[:197] + "...")
+            table.add_row(_cell(key), _cell(value))
         out.append(table)
-    details = manifest.get("details", {})
-    if details.get("extreme_moves"):
-        moves = Table(
-            title=f"Extreme moves (flagged, not altered; first {min(15, len(details['extreme_moves']))})"
-        )
+    details = manifest.get("details")
+    details = details if isinstance(details, dict) else {}
+    moves_list = details.get("extreme_moves")
+    if isinstance(moves_list, list) and moves_list:
+        moves = Table(title=f"Extreme moves (flagged, not altered; first {min(15, len(moves_list))})")
         for col in ("code", "date", "return", "index_return"):
             moves.add_column(col, justify="right")
-        for m in details["extreme_moves"][:15]:
+        for m in moves_list[:15]:
+            m = m if isinstance(m, dict) else {"code": m}
             idx = m.get("index_return")
-            moves.add_row(m["code"], m["date"], f"{m['return']:+.1%}", "" if idx is None else f"{idx:+.1%}")
+            moves.add_row(
+                _cell(m.get("code", "")),
+                _cell(m.get("date", "")),
+                Text(_number(m.get("return", ""), "+.1%")),
+                Text("" if idx is None else _number(idx, "+.1%")),
+            )
         out.append(moves)
-    if details.get("codes_without_sector"):
-        codes = details["codes_without_sector"]
-        out.append(
-            f"Codes without sector ({len(codes)}): {', '.join(codes[:30])}{' ...' if len(codes) > 30 else ''}"
-        )
+    codes = details.get("codes_without_sector")
+    if isinstance(codes, list) and codes:
+        shown = ", ".join(map(str, codes[:30]))
+        out.append(Text(f"Codes without sector ({len(codes)}): {shown}{' ...' if len(codes) > 30 else ''}"))
     return out

@@ -15,8 +15,10 @@ so an interrupted write never leaves a half-written store behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ TABLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "listed_info": LISTED_INFO_SCHEMA,
 }
 HORIZONS: tuple[int, ...] = (1, 5, 10, 20)
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # table names are file stems; no paths, no dots
 
 
 class StoreError(ValueError):
@@ -95,9 +98,12 @@ def write_store(
     """
     out = Path(out)
     check_target(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    except OSError as e:
+        raise StoreError(f"cannot write {out}: {e.strerror} ({e.filename})") from e
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a store should be as readable as any folder
     try:
         table_info = {}
@@ -123,10 +129,19 @@ def check_target(out: str | Path, *, overwrite: bool) -> None:
     """Fail early unless ``out`` may be written: absent, or (with ``overwrite``) an empty folder or a store.
 
     ``--overwrite`` never replaces a folder that is not an ATFT store: a mistyped ``--out`` must not
-    delete someone's files.
+    delete someone's files. Only files the store itself writes (``manifest.json`` and ``<table>.parquet``
+    for the tables its manifest lists) count as the store's; anything else blocks the overwrite.
     """
     out = Path(out)
+    if out.is_symlink():
+        # Replacing a link would either swap the link for a folder or write through it into a place
+        # the user did not name; both surprise. The real path is one readlink away.
+        raise StoreError(
+            f"refusing to write {out}: it is a symbolic link (to {os.readlink(out)}); "
+            "give the real folder as --out"
+        )
     if not out.exists():
+        _check_parent_writable(out)
         return
     if not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
@@ -140,17 +155,33 @@ def check_target(out: str | Path, *, overwrite: bool) -> None:
             f"refusing to replace {out}: it is not an ATFT store (no {MANIFEST}); "
             "remove it yourself or choose another output folder"
         )
-    try:
-        tables = json.loads((out / MANIFEST).read_text()).get("tables", {})
-        known = {MANIFEST} | {info["file"] for info in tables.values()}
-    except (ValueError, AttributeError, KeyError, TypeError):
-        known = {MANIFEST}
-    foreign = sorted(entries - known)
+    foreign = sorted(entries - {MANIFEST} - _manifest_table_files(out / MANIFEST))
     if foreign:
         raise StoreError(
             f"refusing to replace {out}: besides the store it holds {', '.join(foreign[:5])}"
             f"{' ...' if len(foreign) > 5 else ''}, which --overwrite would delete; move them first"
         )
+
+
+def _check_parent_writable(out: Path) -> None:
+    """Fail before any work when ``out`` cannot be created: its nearest existing ancestor is a file or
+    read-only to us (minutes of synthesis would otherwise end in an OS error)."""
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StoreError(f"cannot write {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write {out}: no permission to create files in {ancestor}")
+
+
+def _manifest_table_files(manifest_path: Path) -> set[str]:
+    """The ``<table>.parquet`` names a manifest lists; names of any other shape are not trusted."""
+    try:
+        tables = json.loads(manifest_path.read_text(encoding="utf-8")).get("tables", {})
+        return {f"{name}.parquet" for name in tables if isinstance(name, str) and _TABLE_NAME.match(name)}
+    except (ValueError, AttributeError, OSError):
+        return set()
 
 
 def _umask() -> int:
@@ -161,7 +192,7 @@ def _umask() -> int:
 
 def _remove_stale_staging(out: Path) -> None:
     """Remove staging or swap folders left by a write of ``out`` whose process died (kill -9, power loss)."""
-    for leftover in out.parent.glob(f".{out.name}.*-*"):
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
         kind, _, rest = leftover.name[len(out.name) + 2 :].partition("-")
         pid = rest.split("-")[0]
         if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
@@ -194,7 +225,11 @@ def _replace_dir(staging: Path, out: Path) -> None:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read ``manifest.json`` of a store, with a clear error when the folder is not a store."""
+    """Read and check ``manifest.json`` of a store, with a clear error when the folder is not a store.
+
+    Its ``tables`` entry must be well formed (``{name: {"file": "<name>.parquet", "rows": int,
+    "columns": [str, ...]}}``) and every file it lists must exist; other entries are free-form.
+    """
     path = Path(path)
     mf = path / MANIFEST
     if not path.is_dir():
@@ -202,20 +237,42 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not mf.is_file():
         raise StoreError(f"{path} has no {MANIFEST}: it is not an ATFT store (or its write was interrupted)")
     try:
-        manifest = json.loads(mf.read_text())
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{mf} is not UTF-8 text (byte {e.start}): it is not an ATFT manifest") from e
     except json.JSONDecodeError as e:
         raise StoreError(f"{mf} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise StoreError(f"{mf} cannot be read: {e.strerror}") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tables", {}), dict):
         raise StoreError(f"{mf} is not an ATFT manifest: expected an object with a 'tables' object")
-    tables = manifest.get("tables", {})
-    files = [
-        info["file"] if isinstance(info, dict) and "file" in info else f"{name}.parquet"
-        for name, info in tables.items()
+    for name, info in manifest.get("tables", {}).items():
+        problem = _table_entry_problem(name, info)
+        if problem:
+            raise StoreError(f"{mf}: tables.{name} {problem}")
+    missing = [
+        f"{name}.parquet" for name in manifest.get("tables", {}) if not (path / f"{name}.parquet").is_file()
     ]
-    missing = [f for f in files if not (path / f).is_file()]
     if missing:
         raise StoreError(f"{path} is incomplete: its manifest lists {', '.join(missing)}, which is missing")
     return manifest
+
+
+def _table_entry_problem(name: str, info: Any) -> str | None:
+    """What is wrong with one ``tables`` entry of a manifest, or None."""
+    if not _TABLE_NAME.match(name):
+        return "is not a table name (lowercase letters, digits and _)"
+    if not isinstance(info, dict):
+        return f"must be an object, not {type(info).__name__}"
+    if info.get("file", f"{name}.parquet") != f"{name}.parquet":
+        return f"must name the file {name}.parquet, not {info['file']!r}"
+    rows = info.get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        return f"needs 'rows', a count >= 0 (got {rows!r})"
+    columns = info.get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        return f"needs 'columns', a list of column names (got {columns!r})"
+    return None
 
 
 @dataclass

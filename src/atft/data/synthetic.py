@@ -51,6 +51,7 @@ SECTOR17_NAMES: tuple[str, ...] = (
 )
 MARKETS: tuple[str, ...] = ("Prime", "Standard", "Growth")
 MAX_CELLS = 40_000_000  # stocks x days; peak memory is about 0.33 GB per million cells
+MAX_DAYS = 20_000  # about 77 years of weekdays: dates stay well inside the calendar from any start
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class SynthParams:
         checks = {
             "seed": self.seed >= 0,
             "n_stocks": self.n_stocks >= 10,
-            "n_days": self.n_days >= 150,
+            "n_days": 150 <= self.n_days <= MAX_DAYS,
             "signal_strength": math.isfinite(self.signal_strength) and 0 <= self.signal_strength <= 10,
             "n_sectors": 1 <= self.n_sectors <= len(SECTOR17_NAMES),
             "late_listing_frac": 0 <= self.late_listing_frac < 1,
@@ -92,7 +93,7 @@ class SynthParams:
         bounds = {
             "seed": ">= 0",
             "n_stocks": ">= 10",
-            "n_days": ">= 150 (the momentum window is 120 days)",
+            "n_days": f"in 150..{MAX_DAYS:,} (the momentum window is 120 days)",
             "signal_strength": "in [0, 10] (10 already gives an oracle RankIC near 0.6)",
             "n_sectors": f"in 1..{len(SECTOR17_NAMES)}",
             "late_listing_frac": "in [0, 1)",
