@@ -243,9 +243,15 @@ def test_bad_choice_lists_the_choices():
 
 
 def test_horizon_weights_must_match_horizons():
-    message = error_of(None, ["data.horizons=[1,5]"])
+    message = error_of(None, ["data.horizons=[1,5]", "loss.horizon_weights=[1,2,3,4]"])
     assert "loss.horizon_weights" in message and "data.horizons" in message
     assert "one weight per horizon" in message
+
+
+def test_default_equal_horizon_weights_follow_the_horizons():
+    resolved = load_config(None, ["data.horizons=[1,5]"], env={})
+    assert list(resolved.cfg.loss.horizon_weights) == [1.0, 1.0]
+    assert resolved.sources["loss.horizon_weights"] == "derived:data.horizons"
 
 
 @pytest.mark.parametrize("token", ["model.hidden_size", "=3", "hidden_size 64"])
@@ -488,3 +494,194 @@ def test_early_stopping_monitor_must_be_a_reported_metric():
     )
     with pytest.raises(ConfigError, match="monitor"):  # a horizon that is not predicted
         load_config(overrides=["train.early_stopping.monitor=val/rankic_3d"], env={})
+
+
+# --- checks that link keys run once, on the final config ------------------------------------------
+
+
+def test_env_sets_one_linked_key_and_cli_fixes_the_other():
+    # After the env layer alone, warm-up (30) >= max_epochs (25): only the final config counts.
+    resolved = load_config(None, ["train.max_epochs=50"], env={"WARMUP_EPOCHS": "30"})
+    assert (resolved.cfg.train.scheduler.warmup_epochs, resolved.cfg.train.max_epochs) == (30, 50)
+    assert resolved.sources == {
+        "train.max_epochs": "cli",
+        "train.scheduler.warmup_epochs": "env:WARMUP_EPOCHS",
+    }
+
+
+def test_preset_sets_horizons_and_cli_sets_their_weights(tmp_path):
+    path = write_preset(tmp_path, "h.yaml", "data:\n  horizons: [1, 5]\n")
+    resolved = load_config(path, ["loss.horizon_weights=[1.0, 0.5]"], env={})
+    assert list(resolved.cfg.data.horizons) == [1, 5]
+    assert list(resolved.cfg.loss.horizon_weights) == [1.0, 0.5]
+
+
+def test_cross_field_error_names_each_key_and_its_source():
+    message = error_of(None, env={"WARMUP_EPOCHS": "30"})
+    assert "train.scheduler.warmup_epochs (from environment variable WARMUP_EPOCHS='30')" in message
+    assert "train.max_epochs (from the schema default)" in message
+    message = error_of(None, ["train.max_epochs=10"], env={"WARMUP_EPOCHS": "30"})
+    assert "WARMUP_EPOCHS" in message and "override 'train.max_epochs=10'" in message
+
+
+def test_per_field_errors_still_name_the_layer_that_set_them():
+    # A bad value in the env layer is reported even though the command line sets the key again.
+    message = error_of(None, ["loss.weights.sharpe=0.5"], env={"SHARPE_WEIGHT": "-1"})
+    assert message.startswith("loss.weights.sharpe (from environment variable SHARPE_WEIGHT='-1')")
+
+
+# --- early-stopping monitor and mode ----------------------------------------------------------------
+
+
+# Without 5, the default monitor watches RankIC at the horizon closest to 5 days (ties: the shorter).
+@pytest.mark.parametrize(
+    ("horizons", "weights", "monitor"),
+    [
+        ("[1,10]", "[1,1]", "val/rankic_1d"),
+        ("[10,20]", "[1,1]", "val/rankic_10d"),
+        ("[3,7]", "[1,1]", "val/rankic_3d"),
+        ("[1,5,10]", "[1,1,1]", "val/rankic_5d"),
+    ],
+)
+def test_default_monitor_follows_the_horizons(horizons, weights, monitor):
+    resolved = load_config(None, [f"data.horizons={horizons}", f"loss.horizon_weights={weights}"], env={})
+    assert resolved.cfg.train.early_stopping.monitor == monitor
+    assert resolved.cfg.train.early_stopping.mode == "max"
+    if monitor != "val/rankic_5d":
+        assert resolved.sources["train.early_stopping.monitor"] == "derived:data.horizons"
+
+
+def test_explicit_monitor_for_a_missing_horizon_lists_the_valid_names():
+    message = error_of(
+        None,
+        ["data.horizons=[1,10]", "loss.horizon_weights=[1,1]", "train.early_stopping.monitor=val/rankic_5d"],
+    )
+    assert message.startswith("train.early_stopping.monitor (from override")
+    assert "data.horizons" in message
+    assert "val/rankic_1d" in message and "val/sharpe_10d" in message and "val/loss" in message
+    valid_names = message.split("valid names", 1)[1]
+    assert "_5d" not in valid_names  # only horizons that are configured are offered
+
+
+def test_explicit_monitor_in_a_preset_is_not_replaced(tmp_path):
+    path = write_preset(
+        tmp_path,
+        "m.yaml",
+        "train:\n  early_stopping:\n    monitor: val/rankic_5d\ndata:\n  horizons: [1, 10]\n",
+    )
+    message = error_of(path, ["loss.horizon_weights=[1,1]"])
+    assert "train.early_stopping.monitor" in message and str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "needed"),
+    [
+        ("val/loss", "max", "'min'"),
+        ("val/mae_5d", "max", "'min'"),
+        ("val/rmse_20d", "max", "'min'"),
+        ("val/rankic_5d", "min", "'max'"),
+        ("val/sharpe_10d", "min", "'max'"),
+        ("val/ic_1d", "min", "'max'"),
+    ],
+)
+def test_explicit_mode_must_fit_the_monitor(monitor, mode, needed):
+    message = error_of(None, [f"train.early_stopping.monitor={monitor}", f"train.early_stopping.mode={mode}"])
+    assert "train.early_stopping.mode" in message and "train.early_stopping.monitor" in message
+    assert f"must be {needed}" in message
+
+
+def test_explicit_mode_against_the_default_monitor_fails():
+    message = error_of(None, env={}, overrides=["train.early_stopping.mode=min"])
+    assert "train.early_stopping.monitor (from the schema default)" in message
+    assert "must be 'max'" in message
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode"), [("val/loss", "min"), ("val/mae_10d", "min"), ("val/icir_5d", "max")]
+)
+def test_default_mode_follows_the_monitor(monitor, mode):
+    resolved = load_config(None, [f"train.early_stopping.monitor={monitor}"], env={})
+    assert resolved.cfg.train.early_stopping.mode == mode
+    if mode == "min":
+        assert resolved.sources["train.early_stopping.mode"] == "derived:train.early_stopping.monitor"
+
+
+def test_scale_may_be_watched_either_way():
+    for mode in ("min", "max"):
+        cfg = load_config(
+            None, ["train.early_stopping.monitor=val/scale_5d", f"train.early_stopping.mode={mode}"], env={}
+        ).cfg
+        assert cfg.train.early_stopping.mode == mode
+
+
+# --- unreadable and malformed presets ---------------------------------------------------------------
+
+
+def test_preset_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  hidden_size: 64  # café\n".encode("latin-1"))
+    message = error_of(path)
+    assert str(path) in message and "UTF-8" in message
+
+
+def test_preset_that_is_a_directory_names_it(tmp_path):
+    folder = tmp_path / "exp.yaml"
+    folder.mkdir()
+    message = error_of(folder)
+    assert str(folder) in message and "directory" in message
+
+
+def test_preset_without_read_permission_names_the_file(tmp_path, monkeypatch):
+    path = write_preset(tmp_path, "secret.yaml", "model:\n  hidden_size: 96\n")
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):  # chmod does not stop root, so refuse the read here
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    message = error_of(path)
+    assert str(path) in message and "Permission denied" in message
+
+
+def test_duplicate_key_in_a_preset_names_the_file_and_key(tmp_path):
+    path = write_preset(
+        tmp_path, "dup.yaml", "data:\n  lookback: 20\n  horizons: [1, 5, 10, 20]\n  lookback: 60\n"
+    )
+    message = error_of(path)
+    assert str(path) in message
+    assert "'lookback'" in message and "lines 2 and 4" in message
+
+
+def test_duplicate_section_in_a_preset_is_refused(tmp_path):
+    path = write_preset(tmp_path, "dup.yaml", "model:\n  hidden_size: 96\nmodel:\n  dropout: 0.2\n")
+    assert "'model'" in error_of(path)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = write_preset(
+        tmp_path,
+        "merge.yaml",
+        "train:\n  batch:\n    <<: {train_batch_size: 512, days_per_batch: 2}\n    days_per_batch: 3\n",
+    )
+    cfg = load_config(path, env={}).cfg
+    assert (cfg.train.batch.train_batch_size, cfg.train.batch.days_per_batch) == (512, 3)
+
+
+# --- strict dates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["２０２０-01-03", "2020-1-3", "2020-01-03T00:00", "20200103", "2020-W01-1", "2020-01-03 "]
+)
+def test_split_dates_must_be_strict_yyyy_mm_dd(bad):
+    message = error_of(None, [f"data.split.valid=[{bad!r},2021-01-01]".replace("'", '"')])
+    assert message.startswith("data.split.valid")
+    assert "YYYY-MM-DD" in message and "ASCII" in message
+
+
+def test_strict_date_in_a_preset_names_the_key_and_file(tmp_path):
+    path = write_preset(tmp_path, "d.yaml", "data:\n  split:\n    test: ['20200103', '2021-01-01']\n")
+    message = error_of(path)
+    assert message.startswith("data.split.test") and str(path) in message and "YYYY-MM-DD" in message

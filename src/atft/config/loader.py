@@ -1,9 +1,15 @@
 """Resolve the configuration: schema defaults < preset < environment aliases < command-line overrides.
 
 Each layer is turned into a list of ``(dotted key, value)`` assignments, every value is converted to
-its schema type, the layer is merged into the structured OmegaConf config, and the whole config is
-validated again, so an error always names the layer (preset file, environment variable or override
-token) that introduced it. The source of every key is remembered for provenance.
+its schema type, the layer is merged into the structured OmegaConf config, and every field is checked
+against its own rules (range, choices, dates), so such an error names the layer (preset file,
+environment variable or override token) that introduced it.
+
+Rules that relate several keys (warm-up shorter than training, one loss weight per horizon, the
+monitored metric exists, ...) are checked once, on the final config: a layer may set one of two linked
+keys and a later layer the other, and only the end result matters. Before that, defaults that depend on
+another key are adapted (``adapt_defaults``: the early-stopping monitor follows ``data.horizons``).
+The source of every key is remembered for provenance.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from atft.config.schema import (
     BOOL_WORDS,
     ATFTConfig,
     ConfigError,
+    adapt_defaults,
     coerce_value,
     field_spec,
     is_list_type,
@@ -31,7 +38,8 @@ from atft.config.schema import (
     parse_bool,
     schema_fields,
     schema_sections,
-    validate,
+    validate_cross_fields,
+    validate_fields,
 )
 
 CONFIG_DIR_ENV = "ATFT_CONFIG_DIR"
@@ -39,12 +47,41 @@ DEFAULT_PRESET = "cpu"
 NO_PRESET = "none"  # ResolvedConfig.preset when load_config(preset=None)
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping, with the lines (1-based) of both."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(None, None, f"found duplicate key {key!r}", second)
+        self.key = key
+        self.lines = (first.line + 1, second.line + 1)
+
+
 class _TextDatesLoader(yaml.SafeLoader):
     """YAML's safe loader without implicit timestamps: `2020-01-03` stays a string.
 
     Dates in configs are validated by the schema (``date_range``), which names the key; PyYAML would
     otherwise build ``datetime.date`` objects itself and crash on an impossible date like 2020-13-01.
+
+    It also refuses a key written twice in one mapping: PyYAML silently keeps the last one, so a
+    preset that sets ``lookback`` twice would quietly ignore the first value.
     """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):  # anything else: the base class reports the error
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                # `<<: *base` merge keys are expanded by the base class; a key written next to a merge
+                # overriding a merged one is how merges are meant to be used, not a duplicate.
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key (a list): the base class reports it
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKeyError(key, first.start_mark, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _TextDatesLoader.yaml_implicit_resolvers = {
@@ -127,7 +164,8 @@ class ResolvedConfig:
 
     ``cfg`` is a typed, read-only OmegaConf config of the ``ATFTConfig`` schema. ``sources`` maps each
     dotted key whose value differs from the schema default to ``preset:<name or path>``,
-    ``env:<VARIABLE>`` or ``cli``.
+    ``env:<VARIABLE>``, ``cli``, or ``derived:<key>`` for a default adapted to another key (e.g. the
+    early-stopping monitor to ``data.horizons``).
     """
 
     cfg: DictConfig
@@ -194,6 +232,8 @@ def resolve_preset(preset: str | Path, env: Mapping[str, str] | None = None) -> 
     """The file of a preset given by name (looked up in the configs folder) or by path, and its label."""
     if _looks_like_path(preset):
         path = Path(preset).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"Preset {path} is a directory; pass a .yaml file or a preset name")
         if not path.is_file():
             raise ConfigError(f"Preset file {path} does not exist")
         return path, f"preset:{preset}"
@@ -240,7 +280,19 @@ def _preset_layer(path: Path, label: str) -> _Layer:
     origin = _Origin(label, f"preset file {path}")
     try:
         data = _load_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it would escape as a traceback
+        raise ConfigError(
+            f"Preset file {path} is not valid UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:  # a directory, no permission, ...; strerror avoids repeating the path
+        raise ConfigError(f"Cannot read preset file {path}: {exc.strerror or exc}") from None
+    except _DuplicateKeyError as exc:
+        raise ConfigError(
+            f"Preset file {path}: key {exc.key!r} is written twice in one mapping (lines "
+            f"{exc.lines[0]} and {exc.lines[1]}); YAML would silently keep the last, so remove one"
+        ) from None
+    except yaml.YAMLError as exc:
         problem = " ".join(str(exc).split())  # YAML errors span several lines; keep the message on one
         raise ConfigError(f"Cannot read preset file {path}: {problem}") from None
     if data is None:  # an empty preset changes nothing
@@ -390,6 +442,11 @@ def load_config(
     def origin_of(key: str) -> str | None:
         return origins[key].detail if key in origins else None
 
+    def final_origin_of(key: str) -> str:
+        # For the checks on the final config, a key no layer set is at its schema default; saying so
+        # tells the user which of the linked keys they did not choose.
+        return origin_of(key) or "the schema default"
+
     def merge(layer: _Layer) -> None:
         nonlocal cfg
         for key, _, origin in layer.assignments:
@@ -399,13 +456,23 @@ def load_config(
         except OmegaConfBaseException as exc:  # values are already typed, so this is unexpected
             where = ", ".join(f"{k} (from {o.detail})" for k, _, o in layer.assignments)
             raise ConfigError(f"Cannot merge {where}: {' '.join(str(exc).split())}") from None
-        validate(OmegaConf.to_container(cfg), origin_of)
+        validate_fields(OmegaConf.to_container(cfg), origin_of)
 
-    # Each layer is read and validated in turn, so an error names the first layer that caused it.
+    # Each layer is read and its fields checked in turn, so a bad value names the layer that set it.
     if preset is not None:
         merge(_preset_layer(*resolve_preset(preset, env)))
     merge(_env_layer(env))
     merge(_cli_layer(overrides))
+
+    # Only now, with every layer in, adapt the defaults that follow other keys and check the rules that
+    # link keys: an intermediate state (env sets warm-up, the command line raises max_epochs) may be
+    # inconsistent without the result being so. A key any layer set counts as chosen by the user.
+    derived = _Layer()
+    for key, value, follows in adapt_defaults(OmegaConf.to_container(cfg), explicit=set(origins)):
+        derived.add(key, value, _Origin(f"derived:{follows}", f"the default, adapted to {follows}"))
+    if derived.assignments:
+        merge(derived)
+    validate_cross_fields(OmegaConf.to_container(cfg), final_origin_of)
 
     OmegaConf.resolve(cfg)
     OmegaConf.set_readonly(cfg, True)

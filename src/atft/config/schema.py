@@ -8,11 +8,14 @@ means touching the validator:
 - ``choices``: value is one of the given tuple;
 - ``min_length`` / ``length``: a list has at least / exactly this many items;
 - ``increasing``: list items are strictly increasing;
-- ``date_range``: a ``[start, end]`` pair of ISO dates with start <= end.
+- ``date_range``: a ``[start, end]`` pair of strict ``YYYY-MM-DD`` dates with start <= end.
 
-For a list field, bounds and choices apply to each item.
+For a list field, bounds and choices apply to each item. These per-field rules are checked by
+``validate_fields``.
 
-Rules that link several fields (e.g. one loss weight per horizon) are the ``CROSS_CHECKS`` below.
+Rules that link several fields (e.g. one loss weight per horizon) are the ``CROSS_CHECKS`` below,
+checked by ``validate_cross_fields``; defaults that depend on another key (the early-stopping monitor
+follows ``data.horizons``) are adapted by ``adapt_defaults``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import datetime as dt
 import difflib
 import functools
 import math
+import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -590,6 +594,24 @@ def _check_scalar(x: Any, rules: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Dates are written as YYYY-MM-DD with ASCII digits and nothing else. date.fromisoformat alone is too
+# lenient: it also takes "20200103" and week dates like "2020-W01-1", and other Python versions take
+# more; str.isdigit-style checks would let full-width digits ("２０２０") through. [0-9] is ASCII only.
+_DATE_FORMAT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+DATE_FORMAT_TEXT = "YYYY-MM-DD (ASCII digits, a real calendar day, e.g. 2020-01-03)"
+
+
+def parse_date(text: Any) -> dt.date | None:
+    """A strict ``YYYY-MM-DD`` calendar date, or None for anything else (other formats, 2020-02-30)."""
+    # fullmatch, not match: "$" alone would also accept a trailing newline.
+    if not isinstance(text, str) or not _DATE_FORMAT.fullmatch(text):
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:  # the right shape but no such day
+        return None
+
+
 def _check_list(items: list[Any], rules: Mapping[str, Any]) -> str | None:
     """The problem with a list as a whole (length, order, date pair), or None."""
     if "length" in rules and len(items) != rules["length"]:
@@ -599,10 +621,10 @@ def _check_list(items: list[Any], rules: Mapping[str, Any]) -> str | None:
     if rules.get("increasing") and any(a >= b for a, b in zip(items, items[1:], strict=False)):
         return f"{items!r} must be strictly increasing"
     if rules.get("date_range"):
-        try:
-            dates = [dt.date.fromisoformat(x) for x in items]
-        except ValueError:
-            return f"{items!r} must be ISO dates [YYYY-MM-DD, YYYY-MM-DD]"
+        dates = [parse_date(x) for x in items]
+        for item, date in zip(items, dates, strict=True):
+            if date is None:
+                return f"{item!r} is not a date; expected [start, end] as {DATE_FORMAT_TEXT}"
         if dates[0] > dates[-1]:
             return f"{items!r} must be [start, end] with start <= end"
     return None
@@ -664,21 +686,83 @@ def _warmup_shorter_than_training(values: Mapping[str, Any]) -> tuple[tuple[str,
     return None
 
 
-# Metrics the validation loop reports per horizon (docs/metrics.md); early stopping may watch any of them.
+MONITOR_KEY = "train.early_stopping.monitor"
+HORIZON_WEIGHTS_KEY = "loss.horizon_weights"
+MODE_KEY = "train.early_stopping.mode"
+
+# Metrics the validation loop reports per horizon (docs/metrics.md); early stopping may watch any of
+# them, as 'val/<metric>_<h>d', or the overall 'val/loss'.
 MONITORED_METRICS = ("rankic", "ic", "icir", "sharpe", "mae", "rmse", "r2", "scale")
+
+# The early-stopping mode each metric needs: "min" where lower is better (losses and errors), "max"
+# where higher is better (correlations, Sharpe, R²). None where neither direction is an improvement:
+# scale compares the spread of the predictions with that of the labels, so watching it for a min or a
+# max are both legitimate choices.
+METRIC_MODES: dict[str, str | None] = {
+    "loss": "min",
+    "mae": "min",
+    "rmse": "min",
+    "rankic": "max",
+    "ic": "max",
+    "icir": "max",
+    "sharpe": "max",
+    "r2": "max",
+    "scale": None,
+}
+
+_MONITOR_NAME = re.compile(r"val/([a-z0-9]+)_([0-9]+)d")
+
+
+def parse_monitor(name: str) -> tuple[str, int | None] | None:
+    """``'val/rankic_5d'`` -> ``('rankic', 5)``; ``'val/loss'`` -> ``('loss', None)``; else None.
+
+    Only the shape is read here; whether the metric is reported is checked against the config.
+    """
+    if name == "val/loss":
+        return "loss", None
+    found = _MONITOR_NAME.fullmatch(name)
+    return (found[1], int(found[2])) if found else None
+
+
+def reported_metrics(horizons: Collection[int]) -> list[str]:
+    """Every name early stopping may watch for these horizons: 'val/loss', then 'val/<metric>_<h>d'."""
+    return ["val/loss"] + [f"val/{m}_{h}d" for m in MONITORED_METRICS for h in horizons]
+
+
+def required_mode(monitor: str) -> str | None:
+    """The mode ("min" / "max") a monitored metric needs, or None if either is fine or it is unknown."""
+    parsed = parse_monitor(monitor)
+    return METRIC_MODES.get(parsed[0]) if parsed else None
 
 
 def _monitor_is_a_reported_metric(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
     monitor = values["train"]["early_stopping"]["monitor"]
     horizons = values["data"]["horizons"]
-    allowed = ["val/loss"] + [f"val/{m}_{h}d" for m in MONITORED_METRICS for h in horizons]
-    if monitor not in allowed:
+    allowed = reported_metrics(horizons)
+    if monitor in allowed:
+        return None
+    listing = f"valid names for data.horizons {horizons}: {', '.join(allowed)}"
+    parsed = parse_monitor(monitor)
+    if parsed and parsed[0] in MONITORED_METRICS:
+        # A real metric at a horizon that is not predicted: data.horizons is half of the problem.
         return (
-            ("train.early_stopping.monitor",),
-            f"{monitor!r} is not a reported validation metric; use 'val/loss' or 'val/<metric>_<h>d' with "
-            f"metric in {', '.join(MONITORED_METRICS)} and h in {horizons} (e.g. 'val/rankic_5d')",
+            (MONITOR_KEY, "data.horizons"),
+            f"{monitor!r} watches the {parsed[1]}-day horizon, which is not in data.horizons; {listing}",
         )
-    return None
+    return ((MONITOR_KEY,), f"{monitor!r} is not a reported validation metric; {listing}")
+
+
+def _mode_fits_monitor(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    early = values["train"]["early_stopping"]
+    needed = required_mode(early["monitor"])
+    if needed is None or early["mode"] == needed:
+        return None
+    better = "lower" if needed == "min" else "higher"
+    return (
+        (MODE_KEY, MONITOR_KEY),
+        f"{early['monitor']!r} is better when {better}, so {MODE_KEY} must be {needed!r}, "
+        f"not {early['mode']!r}",
+    )
 
 
 CROSS_CHECKS: tuple[CrossCheck, ...] = (
@@ -686,13 +770,59 @@ CROSS_CHECKS: tuple[CrossCheck, ...] = (
     _explicit_split_has_dates,
     _grading_ordered,
     _warmup_shorter_than_training,
-    _monitor_is_a_reported_metric,
+    _monitor_is_a_reported_metric,  # first: for a misspelled monitor, that is the useful message
+    _mode_fits_monitor,
 )
 
 
-def validate(values: Mapping[str, Any], origin_of: Callable[[str], str | None] = lambda key: None) -> None:
-    """Check every field of ``values`` (the config as nested dicts) against the rules of the schema.
+def adapt_defaults(values: Mapping[str, Any], explicit: Collection[str]) -> list[tuple[str, Any, str]]:
+    """Defaults that depend on another key, adapted to the final config.
 
+    Returns ``(key, new value, key it follows)`` for each default that has to change. Keys in
+    ``explicit`` (set by a preset, an environment alias or an override) are never changed: a value the
+    user chose is checked by ``CROSS_CHECKS`` and reported if wrong, not silently replaced.
+
+    - ``train.early_stopping.monitor``: the default ``val/rankic_5d`` needs horizon 5. If
+      ``data.horizons`` lacks the monitor's horizon, the same metric at the horizon closest to it is
+      watched instead (ties go to the shorter horizon), e.g. ``val/rankic_1d`` for ``[1, 10]``.
+    - ``train.early_stopping.mode``: set to what the monitored metric needs (``min`` for losses and
+      errors, ``max`` for IC, RankIC, Sharpe, ...), e.g. ``min`` when only the monitor is set to
+      ``val/loss``.
+    - ``loss.horizon_weights``: the default weighs every horizon equally; with other horizons it stays
+      equal, one weight per horizon.
+    """
+    changes: list[tuple[str, Any, str]] = []
+    weights = values["loss"]["horizon_weights"]
+    n_horizons = len(values["data"]["horizons"])
+    if (
+        HORIZON_WEIGHTS_KEY not in explicit
+        and len(weights) != n_horizons
+        and len(set(weights)) <= 1  # uniform, as the default is: nothing to guess
+    ):
+        changes.append((HORIZON_WEIGHTS_KEY, [weights[0] if weights else 1.0] * n_horizons, "data.horizons"))
+    early = values["train"]["early_stopping"]
+    monitor = early["monitor"]
+    horizons = values["data"]["horizons"]
+    parsed = parse_monitor(monitor)
+    if MONITOR_KEY not in explicit and parsed and parsed[1] is not None and parsed[1] not in horizons:
+        metric, horizon = parsed
+        nearest = min(horizons, key=lambda h: (abs(h - horizon), h))
+        monitor = f"val/{metric}_{nearest}d"
+        changes.append((MONITOR_KEY, monitor, "data.horizons"))
+    needed = required_mode(monitor)
+    if MODE_KEY not in explicit and needed is not None and early["mode"] != needed:
+        changes.append((MODE_KEY, needed, MONITOR_KEY))
+    return changes
+
+
+Origin = Callable[[str], str | None]
+
+
+def validate_fields(values: Mapping[str, Any], origin_of: Origin = lambda key: None) -> None:
+    """Check every field of ``values`` (the config as nested dicts) against its own rules.
+
+    These are the rules declared on each field (range, choices, length, order, dates); they never look
+    at another key, so they can run after each layer is merged and blame the layer that broke one.
     ``origin_of(key)`` describes where a key's value came from, so that the error can name the preset
     file, environment variable or override token. Raises ConfigError on the first problem.
     """
@@ -712,9 +842,27 @@ def validate(values: Mapping[str, Any], origin_of: Callable[[str], str | None] =
             problem = _check_scalar(value, spec.rules)
             if problem:
                 raise ConfigError(f"{_where(key, origin_of(key))}: {problem}", key=key)
+
+
+def validate_cross_fields(values: Mapping[str, Any], origin_of: Origin = lambda key: None) -> None:
+    """Run the ``CROSS_CHECKS``, the rules that relate several keys, on a complete config.
+
+    Run them on the final config only: a layer may legitimately set one of two linked keys and a later
+    layer the other. The error names every key involved, each with ``origin_of(key)`` if known.
+    """
     for check in CROSS_CHECKS:
         found = check(values)
         if found:
             keys, problem = found
             named = ", ".join(_where(k, origin_of(k)) for k in keys)
             raise ConfigError(f"{named}: {problem}", key=keys[0])
+
+
+def validate(values: Mapping[str, Any], origin_of: Origin = lambda key: None) -> None:
+    """Check a complete config: every field against its own rules, then the rules linking fields.
+
+    ``origin_of(key)`` describes where a key's value came from, so that the error can name the preset
+    file, environment variable or override token. Raises ConfigError on the first problem.
+    """
+    validate_fields(values, origin_of)
+    validate_cross_fields(values, origin_of)
