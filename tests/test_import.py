@@ -13,6 +13,7 @@ from atft.data.importer import DataImportError, import_market
 from atft.data.store import LISTED_INFO_SCHEMA, PRICE_SCHEMA, RawStore, StoreError
 
 HEADER = "date,code,open,high,low,close,volume"
+OHLC_NAMES = ("open", "high", "low", "close")
 
 
 def write(path: Path, *lines: str) -> Path:
@@ -898,3 +899,220 @@ def test_quoted_line_break_in_the_last_row_and_crlf(tmp_path):
     path.write_bytes(b'date,code,open,high,low,close,volume\n2024-01-04,1,1,1,1,1,"1\n')
     with pytest.raises(DataImportError, match=r"p\.csv line 2: malformed quoting"):
         import_market(path, tmp_path / "s2")
+
+
+# ------------------------------------------------------------------------------------------ nasty input
+
+ENDINGS = {"LF": b"\n", "CRLF": b"\r\n", "CR": b"\r"}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_line_endings_lf_crlf_and_old_mac_cr(tmp_path, ending):
+    eol = ENDINGS[ending]
+    lines = [HEADER, "2024-01-04,1,1,1,1,1,1", "", "2024-01-05,1,1,1,1,1,1"]
+    path = tmp_path / "p.csv"
+    path.write_bytes(eol.join(s.encode() for s in lines) + eol)
+    m = import_market(path, tmp_path / "store")
+    assert m["rows"] == 2 and checks(m)["blank_lines_skipped"] == 1
+    # an error names the line as an editor shows it, and the value without a line-ending byte
+    path.write_bytes(eol.join(s.encode() for s in [*lines, "2024-01-08,1,1,1,1,1,x"]) + eol)
+    with pytest.raises(DataImportError, match=r"p\.csv line 5: column 'volume': not a number: 'x'$"):
+        import_market(path, tmp_path / "s2")
+    # a quoted CR-only file too (Python's csv module path)
+    path.write_bytes(eol.join([HEADER.encode() + b",note", b'2024-01-04,1,1,1,1,1,1,"a, b"']) + eol)
+    assert import_market(path, tmp_path / "s3")["rows"] == 1
+
+
+def test_mixed_cr_and_lf_line_endings_are_an_error(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(HEADER.encode() + b"\n2024-01-04,1,1,1,1,1,1\r2024-01-05,1,1,1,1,1,1\n")
+    with pytest.raises(
+        DataImportError, match=r"p\.csv line 2 has a carriage return \(CR\) .* mixes CR and LF"
+    ):
+        import_market(path, tmp_path / "store")
+    # a CR inside a quoted field is text, and CR CR LF (a CRLF file converted twice) ends a line
+    path.write_bytes(HEADER.encode() + b',note\r\r\n2024-01-04,1,1,1,1,1,1,"a\rb"\r\r\n')
+    m = import_market(path, tmp_path / "store")
+    assert m["rows"] == 1
+
+
+def test_utf16_and_other_encodings_say_how_to_fix_them(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(f"{HEADER}\n2024-01-04,1,1,1,1,1,1\n".encode("utf-16"))
+    with pytest.raises(DataImportError, match=r"p\.csv is UTF-16 text; save it as UTF-8"):
+        import_market(path, tmp_path / "store")
+    path.write_bytes(f"{HEADER},note\n2024-01-04,1,1,1,1,1,1,トヨタ\n".encode("shift_jis"))
+    with pytest.raises(
+        DataImportError, match=r"p\.csv line 2 is not UTF-8 text \(byte 0x.*save the file as UTF-8"
+    ):
+        import_market(path, tmp_path / "store")
+
+
+def test_other_separators_are_named_in_the_missing_column_error(tmp_path):
+    write(tmp_path / "p.csv", HEADER.replace(",", ";"), "2024-01-04;1;1;1;1;1;1")
+    with pytest.raises(DataImportError, match=r"p\.csv: missing required column .* only commas are read"):
+        import_market(tmp_path / "p.csv", tmp_path / "store")
+
+
+def test_input_columns_named_like_internal_columns_are_kept(tmp_path):
+    # provenance names, their input_ form, the quarantine reason and working columns (_order, _swap, _day)
+    clash = "source_file,input_source_file,source_row,reason,table,_order,_adjust,_swap,_day,_bad_close"
+    values = ",".join(f"v{i}" for i in range(len(clash.split(","))))
+    write(
+        tmp_path / "p.csv",
+        f"{HEADER},{clash}",
+        f"2024-01-04,1,1,1,2,1,1,{values}",  # high below low: the importer's own _swap does the repair
+        f"2024-01-05,1,,,,,1,{values}",  # quarantined: every input column travels into rejected_rows
+    )
+    m = import_market(tmp_path / "p.csv", tmp_path / "store")
+    assert m["source"]["prices"]["extra_columns_not_imported"] == clash.split(",")
+    assert m["input_rows"] == 2 and m["rows"] == 1 and m["quarantined_rows"] == 1
+    assert checks(m)["high_below_low_swapped"] == 1 and m["repairs_total"] == 1
+    rejected = pl.read_parquet(tmp_path / "store" / "rejected_rows.parquet")
+    assert rejected.row(0, named=True)["source_row"] == 3 and rejected["reason"].to_list() == ["null_ohlc"]
+    kept = {c: rejected[c][0] for c in rejected.columns if c.startswith("input_")}
+    assert kept == {
+        "input_input_source_file": "v0",  # input_source_file was taken by the input's own column
+        "input_source_file": "v1",
+        "input_source_row": "v2",
+        "input_reason": "v3",
+        "input_table": "v4",
+        "input__order": "v5",
+        "input__adjust": "v6",
+        "input__swap": "v7",
+        "input__day": "v8",
+        "input__bad_close": "v9",
+    }
+    # the same for parquet, the index and listed info
+    pl.DataFrame(
+        {
+            "date": [dt.date(2024, 1, 4)],
+            "code": ["1"],
+            **{c: [1.0] for c in (*OHLC_NAMES, "volume")},
+            "source_file": ["a"],
+            "input_source_file": ["b"],
+        }
+    ).write_parquet(tmp_path / "p.parquet")
+    idx = write(
+        tmp_path / "idx.csv", "Date,Open,High,Low,Close,source_row,input_source_row", "2024-01-04,1,1,1,1,a,b"
+    )
+    li = write(tmp_path / "li.csv", "code,sector,source_row,input_source_row", "1,Food,a,b")
+    m = import_market(tmp_path / "p.parquet", tmp_path / "s2", index=idx, listed_info=li)
+    assert m["source"]["prices"]["extra_columns_not_imported"] == ["source_file", "input_source_file"]
+    assert m["source"]["index"]["extra_columns_not_imported"] == ["source_row", "input_source_row"]
+    assert m["source"]["listed_info"]["extra_columns_not_imported"] == ["source_row", "input_source_row"]
+
+
+def test_parquet_column_names_that_differ_only_in_spaces(tmp_path):
+    frame = {c: ["2024-01-04"] if c == "date" else ["1"] for c in HEADER.split(",")}
+    pl.DataFrame({**frame, "note": ["a"], " note": ["b"]}).write_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataImportError, match=r"p\.parquet: column 'note' appears 2 times in the header"):
+        import_market(tmp_path / "p.parquet", tmp_path / "store")
+
+
+def test_nested_types_where_text_or_a_code_is_expected(tmp_path):
+    prices = clean_csv(tmp_path / "p.csv")
+    pl.DataFrame({"code": ["1111"], "sector": [["Food"]]}).write_parquet(tmp_path / "li.parquet")
+    with pytest.raises(
+        DataImportError, match=r"li\.parquet: column 'sector' has type List.*not a text value"
+    ):
+        import_market(prices, tmp_path / "store", listed_info=tmp_path / "li.parquet")
+    pl.DataFrame(
+        {"date": [dt.date(2024, 1, 4)], "code": [[1]], **{c: [1.0] for c in OHLC_NAMES}}
+    ).write_parquet(tmp_path / "idx.parquet")
+    with pytest.raises(DataImportError, match=r"idx\.parquet: column 'code' has type List.*not a code"):
+        import_market(prices, tmp_path / "store", index=tmp_path / "idx.parquet")
+
+
+def test_categorical_codes_in_parquet(tmp_path):
+    pl.DataFrame(
+        {
+            "date": [dt.date(2024, 1, 4)],
+            "code": pl.Series(["7203"], dtype=pl.Categorical),
+            **{c: [1.0] for c in (*OHLC_NAMES, "volume")},
+        }
+    ).write_parquet(tmp_path / "p.parquet")
+    import_market(tmp_path / "p.parquet", tmp_path / "store")
+    assert RawStore.read(tmp_path / "store").prices["code"].to_list() == ["7203"]
+
+
+def test_rejected_rows_keep_extra_columns_of_clashing_types_apart(tmp_path):
+    pl.DataFrame(
+        {
+            "date": [dt.date(2024, 1, 4), dt.date(2024, 1, 5)],
+            "code": ["1", "1"],
+            **{c: [1.0, None] for c in OHLC_NAMES},
+            "volume": [1.0, 1.0],
+            "note": [[1], [2]],
+        }
+    ).write_parquet(tmp_path / "p.parquet")
+    idx = write(
+        tmp_path / "idx.csv", "date,open,high,low,close,note", "2024-01-04,1,1,1,1,x", "2024-01-05,,,,,y"
+    )
+    m = import_market(tmp_path / "p.parquet", tmp_path / "store", index=idx)
+    assert m["quarantined_rows"] == 2
+    rejected = pl.read_parquet(tmp_path / "store" / "rejected_rows.parquet")
+    assert rejected["note"].to_list() == [None, [2]] and rejected["index_note"].to_list() == ["y", None]
+
+
+@pytest.mark.parametrize("name", ["[x].csv", "7203 (1).csv", " .csv", "my prices.csv"])
+def test_per_ticker_file_names_must_look_like_tickers(tmp_path, name):
+    folder = tmp_path / "q"
+    write(folder / "7203.csv", "Date,Open,High,Low,Close,Volume", "2024-01-04,1,1,1,1,1")
+    write(folder / name, "Date,Open,High,Low,Close,Volume", "2024-01-05,1,1,1,1,1")
+    with pytest.raises(
+        DataImportError, match=rf"{re.escape(name)}: the file name gives code .* not look like a ticker"
+    ):
+        import_market(folder, tmp_path / "store")
+    # odd but ticker-like names are fine; the index folder's file name is never a code
+    (folder / name).rename(folder / "BRK-B.csv")
+    write(tmp_path / "idx" / f"^N225 {name}", "Date,Open,High,Low,Close", "2024-01-04,1,1,1,1")
+    m = import_market(folder, tmp_path / "store", index=tmp_path / "idx")
+    assert m["codes"] == 2
+
+
+def test_unexpected_polars_errors_still_name_the_input(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise pl.exceptions.ComputeError("boom\npages of polars context")
+
+    monkeypatch.setattr("atft.data.importer.clean_bars", broken)
+    with pytest.raises(DataImportError, match=r"p\.csv cannot be imported: ComputeError: boom$") as e:
+        import_market(clean_csv(tmp_path / "p.csv"), tmp_path / "store")
+    assert isinstance(e.value.__cause__, pl.exceptions.ComputeError)
+
+
+def _nasty(tmp_path: Path, case: str) -> Path:
+    """One malformed input per case, for ``test_malformed_input_names_the_file``."""
+    p = tmp_path / ("p.parquet" if case == "parquet that is text" else "p.csv")
+    body = {
+        "empty": b"",
+        "header only": HEADER.encode() + b"\n",
+        "text in a numeric column": HEADER.encode() + b"\n2024-01-04,1,a,b,c,d,e\n",
+        "mixed date formats": HEADER.encode() + b"\n2024-01-04,1,1,1,1,1,1\n01/05/2024,1,1,1,1,1,1\n",
+        "non-UTF-8 bytes": HEADER.encode() + b"\n2024-01-04,\xff,1,1,1,1,1\n",
+        "parquet that is text": HEADER.encode() + b"\n2024-01-04,1,1,1,1,1,1\n",
+        "BOM then a bad value": b"\xef\xbb\xbf" + HEADER.encode() + b"\n2024-01-04,1,1,1,1,1,x\n",
+    }
+    if case == "folder without CSV":
+        write(tmp_path / "q" / "7203.txt", "x")
+        return tmp_path / "q"
+    p.write_bytes(body[case])
+    return p
+
+
+NASTY = {
+    "empty": r"p\.csv is empty",
+    "header only": r"p\.csv has no data rows",
+    "text in a numeric column": r"p\.csv line 2: column 'open': not a number: 'a'",
+    "mixed date formats": r"p\.csv line 3: column 'date': unparseable date: '01/05/2024'",
+    "non-UTF-8 bytes": r"p\.csv line 2 is not UTF-8 text",
+    "parquet that is text": r"p\.parquet cannot be read",
+    "BOM then a bad value": r"p\.csv line 2: column 'volume': not a number: 'x'",
+    "folder without CSV": r"prices folder .*q contains no \.csv files",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NASTY))
+def test_malformed_input_names_the_file(tmp_path, case):
+    with pytest.raises(DataImportError, match=NASTY[case]):
+        import_market(_nasty(tmp_path, case), tmp_path / "store")

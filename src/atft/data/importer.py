@@ -13,7 +13,8 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ LISTED_ALIASES: dict[str, tuple[str, ...]] = {
     "as_of": ("asof", "date"),
 }
 SECTOR_COLUMNS = ("sector17_name", "sector33_name", "sector")
-RESERVED = ("source_file", "source_row", "reason", "table", "_order", "_adjust")
+# Columns the importer adds next to the input's: provenance and the quarantine reason (all written to
+# rejected_rows), and working columns, which all start with "_" (see _reserved_renames).
+RESERVED = ("source_file", "source_row", "reason", "table")
 # A date as text: the date part (group 1, the only part used), then optionally a well-formed time
 # (HH:MM, HH:MM:SS, fractional seconds) and, after a time, a zone (Z, +09:00, +0900, JST). Anything
 # else after the date makes the value unparseable rather than silently truncated.
@@ -85,6 +88,9 @@ DATE_TEXT = (
 )
 # An exchange suffix on a ticker (7203.T): a per-ticker file's code column may carry one.
 TICKER_SUFFIX = r"\.[A-Za-z]+$"
+# The code a per-ticker file name gives must look like a ticker (7203, BRK-B, ^N225, EURUSD=X): a name
+# with spaces or brackets is more likely a stray copy ("7203 (1).csv") than a series of its own.
+FILE_CODE = r"^[\w^=&-]+$"
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -115,12 +121,22 @@ def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str]
     doubled quotes and fields spanning lines.
     """
     data = file.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataImportError(f"{file} is UTF-16 text; save it as UTF-8")
+    # Old Mac files end lines with a bare CR, which polars does not split on: it would read the whole
+    # file as one header line. With no LF anywhere every CR is a line break, so turning each CR into an
+    # LF keeps every line and its number (and UTF-8 never has a CR byte inside a multi-byte character).
+    if b"\r" in data and b"\n" not in data:
+        data = data.replace(b"\r", b"\n")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataImportError(f"{location(file, line)} is not UTF-8 text") from None
+        raise DataImportError(
+            f"{location(file, line)} is not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
     data = data.removeprefix(codecs.BOM_UTF8)
+    _check_bare_cr(file, data)
     if careful or b'"' in data:
         records, starts, blank, spans_lines = _csv_module_records(file, data.decode("utf-8"))
         header = records[0] if records else []
@@ -132,6 +148,34 @@ def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str]
         payload = "".join(",".join(map(_quote, r)) + "\n" for r in records).encode()
         return payload, header, starts[1:], blank
     return _unquoted_records(file, data)
+
+
+def _check_bare_cr(file: Path, data: bytes) -> None:
+    """Error for a CR outside quotes that does not end a line, in a file that also has LF line breaks.
+
+    Such a file mixes line endings (say, an old Mac file appended to a Unix one). Polars would read the
+    CR as part of a field and the csv module as a line break, so line numbers would disagree with one
+    viewer or another; asking for one convention is clearer. A CR before an LF (CRLF, also the CRCRLF
+    of a CRLF file converted twice) or at the end of the file ends a line and is fine; so is any CR
+    inside a quoted field, which is text.
+    """
+    if b"\r" not in data:
+        return
+    buf = np.frombuffer(data, dtype=np.uint8)
+    cr = np.flatnonzero(buf == ord("\r"))
+    after = buf[np.minimum(cr + 1, len(buf) - 1)]
+    bare = cr[(cr + 1 < len(buf)) & (after != ord("\n")) & (after != ord("\r"))]
+    if len(bare) and b'"' in data:  # outside quotes: an even number of quote bytes before it
+        quotes = np.flatnonzero(buf == ord('"'))
+        bare = bare[np.searchsorted(quotes, bare) % 2 == 0]
+    if len(bare):
+        line = data[: bare[0]].count(b"\n") + 1
+        more = f" ({len(bare)} such CRs)" if len(bare) > 1 else ""
+        raise DataImportError(
+            f"{location(file, line)} has a carriage return (CR) that does not end the line{more}: the file "
+            "mixes CR and LF line endings; convert it to LF or CRLF line endings (for example with "
+            "dos2unix or an editor's line-ending setting)"
+        )
 
 
 def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[int], int]:
@@ -225,12 +269,40 @@ def _read_csv(file: Path) -> tuple[pl.DataFrame, list[int], int]:
     return df, starts, blank
 
 
-def _read_file(file: Path) -> tuple[pl.DataFrame, int]:
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's message (polars appends pages of context), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _reserved_renames(columns: list[str]) -> dict[str, str]:
+    """Input column -> free ``input_`` name, for each input column named like one the importer adds.
+
+    Those are ``RESERVED`` and every name starting with ``_`` (working columns such as ``_order``,
+    ``_swap``, ``_day``), compared after stripping spaces as ``_rename`` strips them. The new name is
+    ``input_<name>``, with more ``input_`` prefixes while it is taken, so that an input with both
+    ``source_file`` and ``input_source_file`` keeps both.
+    """
+    taken = {c.strip() for c in columns}
+    renames: dict[str, str] = {}
+    for col in columns:
+        name = col.strip()
+        if name in RESERVED or name.startswith("_"):
+            new = f"input_{name}"
+            while new in taken:
+                new = f"input_{new}"
+            taken.add(new)
+            renames[col] = new
+    return renames
+
+
+def _read_file(file: Path) -> tuple[pl.DataFrame, int, dict[str, str]]:
     """Read one CSV (all columns as text) or parquet file; add ``source_file`` and ``source_row``.
 
     CSV rows get the line they start on (header = line 1, blank lines count); parquet rows their
     0-based row index. Blank CSV records (empty, or nothing but spaces and commas) are dropped and their
-    number returned. Input columns named like a provenance column get an ``input_`` prefix.
+    number returned. Input columns named like a column the importer adds are renamed (see
+    ``_reserved_renames``); the last item maps each new name back to the input's name, for messages.
     """
     suffix = file.suffix.lower()
     try:
@@ -239,6 +311,7 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int]:
             rows = pl.Series("source_row", starts, pl.Int64)
         elif suffix in PARQUET_SUFFIXES:
             df, blank = pl.read_parquet(file), 0
+            _check_header(file, df.columns)  # names that differ only in surrounding spaces
             rows = pl.int_range(df.height, dtype=pl.Int64, eager=True).alias("source_row")
         else:
             raise DataImportError(
@@ -247,22 +320,29 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int]:
     except pl.exceptions.NoDataError:
         raise DataImportError(f"{file} is empty") from None
     except pl.exceptions.PolarsError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataImportError(f"{file} cannot be read: {first_line}") from e
-    df = df.rename({c: f"input_{c}" for c in df.columns if c.strip() in RESERVED})
+        raise DataImportError(f"{file} cannot be read: {_first_line(e)}") from e
+    except OSError as e:  # no permission, a folder named like a file, ...
+        raise DataImportError(f"{file} cannot be read: {e.strerror or e}") from None
     if df.height == 0:
         raise DataImportError(f"{file} has no data rows (columns found: {', '.join(df.columns) or 'none'})")
-    return df.with_columns(rows, pl.lit(str(file)).alias("source_file")), blank
+    renames = _reserved_renames(df.columns)
+    df = df.rename(renames)
+    inputs = {new: old for old, new in renames.items()}
+    return df.with_columns(rows, pl.lit(str(file)).alias("source_file")), blank, inputs
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _rename(df: pl.DataFrame, aliases: dict[str, tuple[str, ...]], file: Path) -> tuple[pl.DataFrame, dict]:
+def _rename(
+    df: pl.DataFrame, aliases: dict[str, tuple[str, ...]], file: Path, inputs: dict[str, str]
+) -> tuple[pl.DataFrame, dict]:
     """Rename recognised columns to canonical names; return the frame and canonical -> original names.
 
-    Unrecognised columns are kept, with surrounding spaces stripped from their names.
+    Unrecognised columns are kept, with surrounding spaces stripped from their names. ``inputs`` (new
+    name -> input name, from ``_read_file``) is added to the returned names, so that messages and the
+    manifest spell a renamed reserved column as the input does.
     """
     lookup = {alias: canon for canon, names in aliases.items() for alias in names}
     original: dict[str, str] = {}
@@ -279,15 +359,27 @@ def _rename(df: pl.DataFrame, aliases: dict[str, tuple[str, ...]], file: Path) -
             raise DataImportError(f"{file}: columns '{original[canon]}' and '{col}' both look like '{canon}'")
         original[canon] = col
         renames[col] = canon
-    return df.rename(renames), original
+    return df.rename(renames), {**original, **inputs}
 
 
-def _require(file: Path, original: dict[str, str], found: list[str], required: tuple[str, ...]) -> None:
-    """Error naming the first missing required column and listing the columns that were found."""
+def _found(df: pl.DataFrame, inputs: dict[str, str]) -> str:
+    """``columns found: 'a', 'b'`` as the input spells them, for a missing-column error.
+
+    A single column whose name holds a ``;`` or a tab is almost always a file with another separator,
+    so the message says so.
+    """
+    found = [inputs.get(c, c) for c in df.columns if c not in ("source_row", "source_file")]
+    text = "columns found: " + ", ".join(repr(c) for c in found)
+    if len(found) == 1 and (";" in found[0] or "\t" in found[0]):
+        text += "; the file seems to use ';' or tabs between fields, but only commas are read"
+    return text
+
+
+def _require(file: Path, original: dict[str, str], found: str, required: tuple[str, ...]) -> None:
+    """Error naming the first missing required column; ``found`` lists the columns (see ``_found``)."""
     for col in required:
         if col not in original:
-            cols = ", ".join(repr(c) for c in found if c not in ("source_row", "source_file"))
-            raise DataImportError(f"{file}: missing required column '{col}' (columns found: {cols})")
+            raise DataImportError(f"{file}: missing required column '{col}' ({found})")
 
 
 # A parser turns an input column of a given dtype into (parsed value, bad-value flag), or None when the
@@ -333,6 +425,8 @@ def _optional_date_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.E
 
 def _code_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
     """Codes as strings; integer codes (7203, 7203.0, "7203.0") become "7203"; empty is missing."""
+    if dtype in (pl.Categorical, pl.Enum):  # pandas often stores tickers as a category
+        c, dtype = c.cast(pl.String), pl.String
     if dtype.is_integer():
         parsed = c.cast(pl.String)
     elif dtype.is_float():
@@ -357,6 +451,15 @@ def _number_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | 
     return parsed.fill_nan(None), bad
 
 
+def _text_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """Text stripped of surrounding spaces, empty as null; numbers and categories are written as text.
+    Lists, structs and the like cannot be (polars would raise on the cast)."""
+    if dtype == pl.String or dtype.is_numeric() or dtype in (pl.Categorical, pl.Enum, pl.Boolean, pl.Null):
+        parsed = c.cast(pl.String).str.strip_chars()
+        return pl.when(parsed != "").then(parsed), pl.lit(False)
+    return None
+
+
 def _integer_parser(c: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
     """Int32 codes (sector codes): a number that is whole (2, 2.0) and fits; 2.5 or 99999999999 is bad,
     never rounded or nulled. Missing values are null, as for numbers."""
@@ -374,6 +477,7 @@ PARSERS: dict[str, tuple[Parser, str]] = {
     "code": (_code_parser, "missing or non-integer code"),
     "number": (_number_parser, "not a number"),
     "integer": (_integer_parser, "not a 32-bit integer"),
+    "text value": (_text_parser, "not text"),
 }
 
 
@@ -436,7 +540,7 @@ def _check_file_code(df: pl.DataFrame, file: Path, name: str, code: str) -> None
 
 
 def _prepare_bars(
-    raw: pl.DataFrame, file: Path, *, code: str | None, require_volume: bool
+    raw: pl.DataFrame, file: Path, inputs: dict[str, str], *, code: str | None, require_volume: bool
 ) -> tuple[pl.DataFrame, dict[str, str]]:
     """Rename one file's columns, check the required ones, and give it a code (``code`` is the code of
     every row: the file name's code for per-ticker files, ``""`` for the index; ``None`` reads it from
@@ -444,16 +548,18 @@ def _prepare_bars(
 
     Returns the frame (still unparsed) and its canonical -> input column names.
     """
-    found = raw.columns
-    df, original = _rename(raw, BAR_ALIASES, file)
+    df, original = _rename(raw, BAR_ALIASES, file, inputs)
     required = ("date", *(("code",) if code is None else ()), *OHLC, *(("volume",) if require_volume else ()))
-    _require(file, original, found, required)
+    _require(file, original, _found(raw, inputs), required)
     if code is not None:
         if "code" in original and code:  # a per-ticker file's code column must agree with its name
             _check_file_code(df, file, original.pop("code"), code)
         elif "code" in original:  # an index file's code column must agree with itself
             name = original.pop("code")
-            codes = df["code"].cast(pl.String).drop_nulls().unique().sort()
+            result = _code_parser(pl.col("code"), df.schema["code"])
+            if result is None:
+                raise DataImportError(f"{file}: column '{name}' has type {df.schema['code']}, not a code")
+            codes = df.select(result[0]).to_series().drop_nulls().unique().sort()
             if codes.len() > 1:
                 raise DataImportError(
                     f"{file}: column '{name}' holds several codes ({', '.join(codes[:5])}) "
@@ -482,6 +588,11 @@ def _file_codes(folder: Path, files: list[Path]) -> list[str]:
     seen: dict[str, Path] = {}
     for f in files:
         code = f.name.split(".")[0]
+        if not re.match(FILE_CODE, code):
+            raise DataImportError(
+                f"{f}: the file name gives code '{code}', which does not look like a ticker (letters, "
+                "digits and _ - ^ = & only); rename the file or move it out of the folder"
+            )
         if code in seen:
             raise DataImportError(
                 f"{folder}: {seen[code].name} and {f.name} both give code {code}; keep only one of them"
@@ -537,8 +648,8 @@ def _read_bars(
     step = -(-len(files) // MAX_PROGRESS)  # report every step-th file, and the last
     frames, names, blank = [], {}, 0
     for done, (f, code) in enumerate(zip(files, codes, strict=True), start=1):
-        raw, n_blank = _read_file(f)
-        frame, names[str(f)] = _prepare_bars(raw, f, code=code, require_volume=not is_index)
+        raw, n_blank, inputs = _read_file(f)
+        frame, names[str(f)] = _prepare_bars(raw, f, inputs, code=code, require_volume=not is_index)
         frames.append(frame)
         blank += n_blank
         if layout == "ticker_folder" and (done % step == 0 or done == len(files)):
@@ -583,27 +694,22 @@ def _read_listed_info(
     p = _existing(path, "listed_info")
     if p.is_dir():
         raise DataImportError(f"listed_info {p} is a folder; expected a .csv or .parquet file")
-    raw, blank = _read_file(p)
-    found = raw.columns
-    df, original = _rename(raw, LISTED_ALIASES, p)
-    _require(p, original, found, ("code",))
+    raw, blank, inputs = _read_file(p)
+    df, original = _rename(raw, LISTED_ALIASES, p, inputs)
+    _require(p, original, _found(raw, inputs), ("code",))
     if not any(c in original for c in SECTOR_COLUMNS):
-        cols = ", ".join(repr(c) for c in found if c not in ("source_row", "source_file"))
         raise DataImportError(
-            f"{p}: missing a sector column (one of sector17_name, sector33_name, sector; columns found: {cols})"
+            f"{p}: missing a sector column (one of sector17_name, sector33_name, sector; {_found(raw, inputs)})"
         )
     codes = [c for c in ("sector17_code", "sector33_code") if c in original]
     as_of = {"as_of": "optional date"} if "as_of" in original else {}
     extra = _extra_columns([(df, original)], {*LISTED_INFO_SCHEMA, "as_of"})
-    df = _parse(df, {"code": "code", **dict.fromkeys(codes, "integer"), **as_of}, {str(p): original})
     texts = [c for c in ("name", "market", "sector17_name", "sector33_name", "sector") if c in original]
-    df = df.select(
-        "code",
-        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in texts),
-        *codes,
-        *as_of,
-        "source_row",
-    ).with_columns(pl.coalesce(pl.col(c) for c in SECTOR_COLUMNS if c in texts).alias("sector"))
+    kinds = {"code": "code", **dict.fromkeys(texts, "text value"), **dict.fromkeys(codes, "integer"), **as_of}
+    df = _parse(df, kinds, {str(p): original})
+    df = df.select("code", *texts, *codes, *as_of, "source_row").with_columns(
+        pl.coalesce(pl.col(c) for c in SECTOR_COLUMNS if c in texts).alias("sector")
+    )
     if as_of:  # undated rows first, so that a dated row wins over them
         df = df.sort("as_of", nulls_last=False, maintain_order=True)
     dups = df.filter(pl.len().over("code") > 1)
@@ -634,10 +740,24 @@ def _read_listed_info(
 
 
 def _rejected_table(parts: list[tuple[str, pl.DataFrame | None]]) -> pl.DataFrame | None:
-    """Quarantined rows of prices and index, provenance first, then the parsed original columns."""
-    frames = [
-        df.with_columns(pl.lit(name).alias("table")) for name, df in parts if df is not None and df.height
-    ]
+    """Quarantined rows of prices and index, provenance first, then the parsed original columns.
+
+    An extra column that both tables have with different types (a parquet list and CSV text cannot share
+    a column) is kept apart: the later table's copy gets a free ``<table>_`` prefix.
+    """
+    frames: list[pl.DataFrame] = []
+    for name, df in parts:
+        if df is None or df.height == 0:
+            continue
+        seen = {c: t for f in frames for c, t in f.schema.items()}
+        renames: dict[str, str] = {}
+        for col, dtype in df.schema.items():
+            if col in seen and seen[col] != dtype:
+                new = f"{name}_{col}"
+                while new in seen or new in df.columns:
+                    new = f"{name}_{new}"
+                renames[col] = new
+        frames.append(df.rename(renames).with_columns(pl.lit(name).alias("table")))
     if not frames:
         return None
     df = pl.concat(frames, how="diagonal_relaxed")
@@ -690,6 +810,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def _naming(path: str | Path) -> Iterator[None]:
+    """Turn a polars error that no check anticipated into a DataImportError naming the input.
+
+    The checks name the line and column of every problem they know of; this is the last resort for
+    malformed input they miss, so that the user still learns which input failed (the polars error
+    stays chained for a bug report).
+    """
+    try:
+        yield
+    except pl.exceptions.PolarsError as e:
+        name = Path(path).expanduser().resolve()
+        raise DataImportError(f"{name} cannot be imported: {type(e).__name__}: {_first_line(e)}") from e
+
+
 def import_market(
     prices: str | Path,
     out: str | Path,
@@ -726,9 +861,10 @@ def import_market(
             )
 
     say("reading prices")
-    raw, prices_source, read_counts = _read_bars(prices, what="prices", say=say)
-    say("validating prices")
-    bars, rejected, counts = clean_bars(raw, strict=strict)
+    with _naming(prices):
+        raw, prices_source, read_counts = _read_bars(prices, what="prices", say=say)
+        say("validating prices")
+        bars, rejected, counts = clean_bars(raw, strict=strict)
     if bars.height == 0:
         raise _nothing_left(prices_source["path"], "price", rejected)
     out_of_order = counts.pop("_codes_out_of_order")
@@ -737,9 +873,10 @@ def import_market(
     index_bars, index_rejected, index_checks, index_source = None, None, {}, None
     if index is not None:
         say("reading index")
-        raw_index, index_source, index_read = _read_bars(index, what="index", say=say)
-        say("validating index")
-        index_bars, index_rejected, index_checks = clean_bars(raw_index, strict=strict)
+        with _naming(index):
+            raw_index, index_source, index_read = _read_bars(index, what="index", say=say)
+            say("validating index")
+            index_bars, index_rejected, index_checks = clean_bars(raw_index, strict=strict)
         if index_bars.height == 0:
             raise _nothing_left(index_source["path"], "index", index_rejected)
         index_checks["dates_out_of_order"] = int(bool(index_checks.pop("_codes_out_of_order")))
@@ -754,7 +891,8 @@ def import_market(
     listed, listed_source, listed_checks = None, None, {}
     if listed_info is not None:
         say("reading listed info")
-        listed, listed_source, listed_checks = _read_listed_info(listed_info, strict=strict)
+        with _naming(listed_info):
+            listed, listed_source, listed_checks = _read_listed_info(listed_info, strict=strict)
 
     say("checking histories")
     history_counts, history_details = history_report(bars)

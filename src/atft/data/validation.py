@@ -6,6 +6,9 @@ file with an ``Adj Close`` column), any extra input columns, and the provenance 
 ``source_row`` (CSV line number, or 0-based parquet row index) and ``_order`` (position in input order).
 Nothing is dropped without a count: rows either stay, move to the quarantine with a reason, or are
 removed as identical duplicates. In strict mode every repair or quarantine raises instead.
+
+Temporary working columns (``_swap``, ``_day``, ...) must start with ``_``: the importer renames input
+columns so named (and ``source_file``, ``source_row``, ``reason``, ``table``), so they never collide.
 """
 
 from __future__ import annotations
