@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from atft.data.synthetic import SynthParams, synthesize
+from harness import run_cli, save_result
 
-RESULTS = Path(__file__).parent / "results"
+from atft.data.synthetic import SynthParams, synthesize
 
 
 def main() -> None:
@@ -30,32 +26,17 @@ def main() -> None:
         csv = Path(tmp) / "prices.csv"
         synthesize(SynthParams(n_stocks=args.stocks, n_days=args.days)).prices.write_csv(csv)
         size_mb = csv.stat().st_size / 1024**2
-        cmd = [
-            sys.executable,
-            "-m",
-            "atft.cli.app",
-            "data",
-            "import",
-            "--prices",
-            str(csv),
-            "--out",
-            f"{tmp}/store",
-        ]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
+        timing = run_cli("data", "import", "--prices", str(csv), "--out", f"{tmp}/store")
         manifest = json.loads((Path(tmp) / "store" / "manifest.json").read_text())
     result = {
         "benchmark": "import_long_csv",
         "rows": manifest["rows"],
         "csv_mb": round(size_mb),
-        "wall_s": round(wall, 1),
-        "rows_per_s": round(manifest["rows"] / wall),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 2),
+        "wall_s": timing["wall_s"],
+        "rows_per_s": round(manifest["rows"] / timing["wall_s"]),
+        "peak_rss_gb": timing["peak_rss_gb"],
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "import.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save_result("import", result)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from harness import run_cli, save_result
 
 
 def main() -> None:
@@ -29,25 +26,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "raw"
-        cmd = [
-            sys.executable,
-            "-m",
-            "atft.cli.app",
-            "data",
-            "synth",
-            "--stocks",
-            str(args.stocks),
-            "--days",
-            str(args.days),
-            "--seed",
-            str(args.seed),
-            "--out",
-            str(out),
-        ]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB -> GiB
+        size = ("--stocks", str(args.stocks), "--days", str(args.days), "--seed", str(args.seed))
+        timing = run_cli("data", "synth", *size, "--out", str(out))
         manifest = json.loads((out / "manifest.json").read_text())
         size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1024**2
     result = {
@@ -55,17 +35,14 @@ def main() -> None:
         "stocks": args.stocks,
         "days": args.days,
         "rows": manifest["rows"],
-        "wall_s": round(wall, 1),
-        "peak_rss_gb": round(peak_gb, 2),
+        **timing,
         "store_mb": round(size_mb, 1),
         "oracle_rank_ic": manifest["oracle_rank_ic"],
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "targets": {"wall_s": 60, "peak_rss_gb": 6},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "synth.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save_result("synth", result)
     ok = result["wall_s"] < 60 and result["peak_rss_gb"] < 6
     print("PASS" if ok else "FAIL: over target")
     sys.exit(0 if ok else 1)

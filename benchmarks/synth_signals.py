@@ -6,7 +6,8 @@ writes ``benchmarks/results/synth_signals.json``. Usage: ``.venv/bin/python benc
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from harness import RESULTS
 
 from atft.data.synthetic import SynthParams, oracle_rank_ic, synthesize
 
@@ -24,9 +25,8 @@ def main() -> None:
         rows[f"{s} only"] = rank_ic(**{**off, s: getattr(SynthParams(), s)})
     for strength in (0.0, 0.5, 2.0):
         rows[f"signal strength {strength}"] = rank_ic(signal_strength=strength)
-    out = Path(__file__).parent / "results" / "synth_signals.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "synth_signals.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{'market':28s} " + " ".join(f"{h:>7s}" for h in rows["all signals"]))
     for name, r in rows.items():
         print(f"{name:28s} " + " ".join(f"{v:7.4f}" for v in r.values()))

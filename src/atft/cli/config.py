@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from atft.config import DEFAULT_PRESET, ConfigError, load_config
+from atft.cli.ui import user_errors
+from atft.config import DEFAULT_PRESET, load_config
 
 app = typer.Typer(
     help=(
@@ -48,12 +48,8 @@ def show(
         help="Preset name in configs/ (e.g. cpu, production) or a path to a .yaml file.",
     ),
 ) -> None:
-    try:
+    with user_errors():
         resolved = load_config(preset, overrides or ())
-    except ConfigError as exc:
-        # One red line on stderr and exit code 2 (a usage error), never a traceback.
-        Console(stderr=True).print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
     typer.echo(resolved.to_yaml(), nl=False)
     console = Console()

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from atft.cli.ui import console, fail, manifest_tables, os_error_message, stages
-from atft.data.store import StoreError, check_target, read_manifest
+from atft.cli.ui import console, print_manifest, stages, user_errors
+from atft.data.store import check_target, read_manifest
 
 app = typer.Typer(help="Make, import and inspect market data.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def synth(
     """Generate the synthetic market (prices, index, sectors and the oracle) as a raw store."""
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 
-    try:
+    with user_errors():
         check_target(out, overwrite=overwrite)  # before minutes of work, not after
         params = SynthParams(
             n_stocks=stocks,
@@ -45,12 +45,7 @@ def synth(
             market = synthesize(params, progress=say)
             say("measuring the oracle and writing the store")
             manifest = write_synthetic(market, out, overwrite=overwrite)
-    except (ValueError, StoreError) as e:
-        fail(str(e))
-    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
-        fail(os_error_message(e))
-    for table in manifest_tables(manifest):
-        console.print(table)
+    print_manifest(manifest)
     console.print(f"Wrote [bold]{escape(str(out))}[/]")
 
 
@@ -71,9 +66,9 @@ def import_(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
 ) -> None:
     """Import a real daily panel into the canonical raw store, validating it and counting every repair."""
-    from atft.data.importer import DataImportError, import_market
+    from atft.data.importer import import_market
 
-    try:
+    with user_errors():
         check_target(out, overwrite=overwrite)
         with stages("importing") as say:
             manifest = import_market(
@@ -86,23 +81,13 @@ def import_(
                 overwrite=overwrite,
                 progress=say,
             )
-    except (DataImportError, StoreError, ValueError) as e:
-        fail(str(e))
-    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
-        fail(os_error_message(e))
-    for table in manifest_tables(manifest):
-        console.print(table)
+    print_manifest(manifest)
     console.print(f"Wrote [bold]{escape(str(out))}[/]")
 
 
 @app.command("info")
 def info(path: Path = typer.Argument(..., help="A store folder (one with manifest.json).")) -> None:
     """Print a store's manifest: size, date range, tables, and every check and repair with its count."""
-    try:
+    with user_errors():
         manifest = read_manifest(path)
-    except StoreError as e:
-        fail(str(e))
-    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
-        fail(os_error_message(e))
-    for table in manifest_tables(manifest):
-        console.print(table)
+    print_manifest(manifest)

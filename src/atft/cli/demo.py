@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from atft.cli.ui import console, fail, manifest_tables, os_error_message, stages
-from atft.data.store import StoreError, check_target
+from atft.cli.ui import console, print_manifest, stages, user_errors
+from atft.data.store import check_target
 
 
 def demo(
@@ -21,18 +21,13 @@ def demo(
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 
     raw = out / "raw"
-    try:
+    with user_errors():
         check_target(raw, overwrite=True)  # replaces an earlier demo's store, never other files
         with stages("demo") as say:
             market = synthesize(SynthParams(n_stocks=stocks, n_days=days, seed=seed), progress=say)
             say("measuring the oracle and writing the store")
             manifest = write_synthetic(market, raw, overwrite=True)
-    except (ValueError, StoreError) as e:
-        fail(str(e))
-    except OSError as e:  # the folder's parent is a file, a read-only disk, no permission, ...
-        fail(os_error_message(e))
-    for table in manifest_tables(manifest):
-        console.print(table)
+    print_manifest(manifest)
     console.print(
         f"Synthetic market written to [bold]{escape(str(raw))}[/]; "
         f"inspect it again with [bold]atft data info {escape(str(raw))}[/]"

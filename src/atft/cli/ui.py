@@ -32,10 +32,32 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def os_error_message(e: OSError) -> str:
+def _os_error_message(e: OSError) -> str:
     """An OS error as one line that names the path: "runs/x/raw: Not a directory"."""
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     return f"{where}: {e.strerror or e}" if where else str(e)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show the errors bad input causes as one line and exit 2, never as a traceback.
+
+    Every error the library raises for bad input is a ValueError (StoreError, DataImportError,
+    ConfigError, a bad parameter) whose message names the file, key or row; OS errors (a parent that is
+    a file, no permission, a full disk) are shown with their path.
+    """
+    try:
+        yield
+    except ValueError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(_os_error_message(e))
+
+
+def print_manifest(manifest: dict[str, Any]) -> None:
+    """Print a store's manifest as the tables of ``manifest_tables``."""
+    for table in manifest_tables(manifest):
+        console.print(table)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from datetime import date
 
 import numpy as np
 import polars as pl
-from scipy.signal import oaconvolve
+from scipy.signal import lfilter, oaconvolve
 
 from atft.data.store import HORIZONS, conform
 
@@ -162,12 +162,9 @@ def _regimes(rng: np.random.Generator, n_days: int) -> np.ndarray:
     state[0] = 0
     for t in range(1, n_days):  # a scalar chain over days, not over rows
         state[t] = state[t - 1] if u[t] < stay[state[t - 1]] else 1 - state[t - 1]
-    noise = np.empty(n_days)
-    noise[0] = 0.0
     z = rng.normal(0.0, 0.05, n_days)
-    for t in range(1, n_days):
-        noise[t] = 0.97 * noise[t - 1] + z[t]
-    return level[state] * np.exp(noise)
+    z[0] = 0.0  # the log-vol noise starts at its mean
+    return level[state] * np.exp(_ar1_filter(z, phi=0.97))
 
 
 def _hidden_graph(rng: np.random.Generator, p: SynthParams) -> np.ndarray:
@@ -243,7 +240,7 @@ def synthesize(
     lo_ext = np.abs(rng.standard_normal((T, N))) * 0.4 * vol_t
     high = np.maximum(open_, close) * np.exp(hi_ext)
     low = np.minimum(open_, close) * np.exp(-lo_ext)
-    persistent = _ar1(rng, T, N, phi=0.95, sd=0.1)
+    persistent = _ar1_filter(rng.normal(0.0, 0.1, (T, N)), phi=0.95)  # [T, N]
     log_volume = (
         rng.normal(np.log(1e6), 1.0, N)[None, :]
         + 0.5 * np.log(regime)[:, None]
@@ -277,11 +274,8 @@ def synthesize(
     return SyntheticMarket(prices, index, listed_info, oracle_df, leader_of, p)
 
 
-def _ar1(rng: np.random.Generator, T: int, N: int, phi: float, sd: float) -> np.ndarray:
-    """A stationary AR(1) per stock, [T, N], via a recursive filter over days."""
-    from scipy.signal import lfilter
-
-    z = rng.normal(0.0, sd, (T, N))
+def _ar1_filter(z: np.ndarray, phi: float) -> np.ndarray:
+    """y[t] = phi * y[t-1] + z[t] along axis 0 (days), as a recursive filter rather than a Python loop."""
     return lfilter([1.0], [1.0, -phi], z, axis=0)
 
 

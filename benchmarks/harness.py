@@ -1,0 +1,39 @@
+"""Shared pieces of the benchmarks: time an ``atft`` command in a child process, and save a result.
+
+A child process makes the peak RSS the whole job's (imports included) and nothing else's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_cli(*args: str) -> dict[str, float]:
+    """Run ``atft ARGS...`` in a child process; returns its wall time (s) and peak RSS (GiB)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "atft.cli.app", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    # ru_maxrss is in KiB on Linux, and the largest over the children run so far.
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2)}
+
+
+def save_result(name: str, result: Any) -> None:
+    """Write ``results/<name>.json`` (the latest figures, quoted in README) and print it."""
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    (RESULTS / f"{name}.json").write_text(text)
+    print(text, end="")
