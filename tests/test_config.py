@@ -685,3 +685,8 @@ def test_strict_date_in_a_preset_names_the_key_and_file(tmp_path):
     path = write_preset(tmp_path, "d.yaml", "data:\n  split:\n    test: ['20200103', '2021-01-01']\n")
     message = error_of(path)
     assert message.startswith("data.split.test") and str(path) in message and "YYYY-MM-DD" in message
+
+
+def test_interpolation_to_a_missing_key_is_a_config_error():
+    message = error_of(None, ["data.raw_dir=${nope}"])
+    assert "interpolation" in message and "nope" in message

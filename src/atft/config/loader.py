@@ -267,13 +267,15 @@ class _Layer:
 
     assignments: list[tuple[str, Any, _Origin]] = field(default_factory=list)
 
-    def add(self, key: str, value: Any, origin: _Origin) -> None:
+    def add(self, key: str, value: Any, origin: _Origin, *, text: bool = False) -> None:
+        """Add ``key = value``; ``text=True`` for the text of an override or environment variable."""
+        try:
+            field_spec(key)
+        except ConfigError as exc:  # an unknown key: say where it was written
+            raise ConfigError(f"{exc} (in {origin.detail})", key=exc.key) from None
+        if text:
+            value = _parse_text(key, value)
         self.assignments.append((key, coerce_value(key, value, origin.detail), origin))
-
-
-def _with_origin(exc: ConfigError, detail: str) -> ConfigError:
-    """Re-raise a key-lookup error with the place the key was written."""
-    return ConfigError(f"{exc} (in {detail})", key=exc.key)
 
 
 def _preset_layer(path: Path, label: str) -> _Layer:
@@ -313,10 +315,6 @@ def _preset_layer(path: Path, label: str) -> _Layer:
                         f"{key} (from {origin.detail}) is a section; expected a mapping, got {value!r}"
                     )
                 continue
-            try:
-                field_spec(key)
-            except ConfigError as exc:
-                raise _with_origin(exc, origin.detail) from None
             layer.add(key, value, origin)
 
     walk(data, "")
@@ -371,7 +369,7 @@ def _env_layer(env: Mapping[str, str]) -> _Layer:
                 f"Environment variable {var}={raw!r} must be a boolean ({BOOL_WORDS}); it sets {alias.key}",
                 key=alias.key,
             )
-        layer.add(alias.key, _parse_text(alias.key, raw), origin)
+        layer.add(alias.key, raw, origin, text=True)
     return layer
 
 
@@ -384,40 +382,13 @@ def _cli_layer(overrides: Sequence[str]) -> _Layer:
             raise ConfigError(
                 f"Malformed override {token!r}: expected KEY=VALUE with a dotted key, e.g. train.optimizer.lr=3e-4"
             )
-        origin = _Origin("cli", f"override {token!r}")
-        try:
-            field_spec(key)
-        except ConfigError as exc:
-            raise _with_origin(exc, origin.detail) from None
-        layer.add(key, _parse_text(key, text), origin)
+        layer.add(key, text, _Origin("cli", f"override {token!r}"), text=True)
     return layer
 
 
 # --------------------------------------------------------------------------------------------------
 # Merging
 # --------------------------------------------------------------------------------------------------
-
-
-def _nest(assignments: list[tuple[str, Any, _Origin]]) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}, the shape OmegaConf merges."""
-    root: dict = {}
-    for key, value, _ in assignments:
-        *parents, leaf = key.split(".")
-        node = root
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return root
-
-
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = value
-    return out
 
 
 def load_config(
@@ -447,39 +418,45 @@ def load_config(
         # tells the user which of the linked keys they did not choose.
         return origin_of(key) or "the schema default"
 
-    def merge(layer: _Layer) -> None:
-        nonlocal cfg
-        for key, _, origin in layer.assignments:
+    def merge(layer: _Layer) -> dict[str, Any]:
+        """Apply ``layer`` in place (later assignments win, lists are replaced), check every field,
+        and return the config as plain nested dicts."""
+        for key, value, origin in layer.assignments:
             origins[key] = origin
-        try:
-            cfg = OmegaConf.merge(cfg, _nest(layer.assignments))
-        except OmegaConfBaseException as exc:  # values are already typed, so this is unexpected
-            where = ", ".join(f"{k} (from {o.detail})" for k, _, o in layer.assignments)
-            raise ConfigError(f"Cannot merge {where}: {' '.join(str(exc).split())}") from None
-        validate_fields(OmegaConf.to_container(cfg), origin_of)
+            try:
+                OmegaConf.update(cfg, key, value, merge=False)
+            except OmegaConfBaseException as exc:  # values are already typed, so this is unexpected
+                raise ConfigError(
+                    f"Cannot set {key} (from {origin.detail}): {' '.join(str(exc).split())}"
+                ) from None
+        values = OmegaConf.to_container(cfg)
+        validate_fields(values, origin_of)
+        return values
 
     # Each layer is read and its fields checked in turn, so a bad value names the layer that set it.
     if preset is not None:
         merge(_preset_layer(*resolve_preset(preset, env)))
-    merge(_env_layer(env))
-    merge(_cli_layer(overrides))
+    values = merge(_env_layer(env))
+    values = merge(_cli_layer(overrides))
 
     # Only now, with every layer in, adapt the defaults that follow other keys and check the rules that
     # link keys: an intermediate state (env sets warm-up, the command line raises max_epochs) may be
     # inconsistent without the result being so. A key any layer set counts as chosen by the user.
     derived = _Layer()
-    for key, value, follows in adapt_defaults(OmegaConf.to_container(cfg), explicit=set(origins)):
+    for key, value, follows in adapt_defaults(values, explicit=set(origins)):
         derived.add(key, value, _Origin(f"derived:{follows}", f"the default, adapted to {follows}"))
     if derived.assignments:
-        merge(derived)
-    validate_cross_fields(OmegaConf.to_container(cfg), final_origin_of)
+        values = merge(derived)
+    validate_cross_fields(values, final_origin_of)
 
-    OmegaConf.resolve(cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:  # a ${...} in a value that names no key
+        raise ConfigError(f"Cannot resolve an interpolation: {' '.join(str(exc).split())}") from None
     OmegaConf.set_readonly(cfg, True)
-    values = _flatten(OmegaConf.to_container(cfg))
     sources = {
         key: origins[key].label
         for key, spec in schema_fields().items()
-        if key in origins and values[key] != spec.default
+        if key in origins and OmegaConf.select(cfg, key) != spec.default
     }
     return ResolvedConfig(cfg=cfg, sources=sources, preset=NO_PRESET if preset is None else str(preset))

@@ -24,11 +24,12 @@ import dataclasses
 import datetime as dt
 import difflib
 import functools
+import itertools
 import math
 import re
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -501,9 +502,10 @@ def _coerce(tp: Any, value: Any) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and parse_bool(value) is not None:
-            return parse_bool(value)
-        raise _Mismatch(f"bool ({BOOL_WORDS})", value)
+        parsed = parse_bool(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise _Mismatch(f"bool ({BOOL_WORDS})", value)
+        return parsed
     if inner is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -618,7 +620,7 @@ def _check_list(items: list[Any], rules: Mapping[str, Any]) -> str | None:
         return f"{items!r} must have exactly {rules['length']} items, got {len(items)}"
     if "min_length" in rules and len(items) < rules["min_length"]:
         return f"{items!r} must have at least {rules['min_length']} item(s)"
-    if rules.get("increasing") and any(a >= b for a, b in zip(items, items[1:], strict=False)):
+    if rules.get("increasing") and any(a >= b for a, b in itertools.pairwise(items)):
         return f"{items!r} must be strictly increasing"
     if rules.get("date_range"):
         dates = [parse_date(x) for x in items]
@@ -830,18 +832,19 @@ def validate_fields(values: Mapping[str, Any], origin_of: Origin = lambda key: N
         value = _lookup(values, key)
         if value is None or not spec.rules:
             continue
-        if isinstance(value, list):
-            problem = _check_list(value, spec.rules)
+        for where, problem in _field_problems(key, value, spec.rules):
             if problem:
-                raise ConfigError(f"{_where(key, origin_of(key))}: {problem}", key=key)
-            for i, item in enumerate(value):
-                problem = _check_scalar(item, spec.rules)
-                if problem:
-                    raise ConfigError(f"{_where(f'{key}[{i}]', origin_of(key))}: {problem}", key=key)
-        else:
-            problem = _check_scalar(value, spec.rules)
-            if problem:
-                raise ConfigError(f"{_where(key, origin_of(key))}: {problem}", key=key)
+                raise ConfigError(f"{_where(where, origin_of(key))}: {problem}", key=key)
+
+
+def _field_problems(key: str, value: Any, rules: Mapping[str, Any]) -> Iterator[tuple[str, str | None]]:
+    """(where, problem or None) for a value: a list as a whole, then each item as ``key[i]``."""
+    if isinstance(value, list):
+        yield key, _check_list(value, rules)
+        for i, item in enumerate(value):
+            yield f"{key}[{i}]", _check_scalar(item, rules)
+    else:
+        yield key, _check_scalar(value, rules)
 
 
 def validate_cross_fields(values: Mapping[str, Any], origin_of: Origin = lambda key: None) -> None:
