@@ -13,7 +13,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from atft.data.store import (
 )
 from atft.data.validation import (
     OHLC,
+    PARQUET_SUFFIXES,
     DataImportError,
     attach_sectors,
     clean_bars,
@@ -43,7 +44,6 @@ from atft.data.validation import (
 __all__ = ["DataImportError", "import_market"]
 
 CSV_SUFFIXES = (".csv",)
-PARQUET_SUFFIXES = (".parquet", ".pq")
 NULL_TOKENS = ("", "na", "n/a", "nan", "null", "none", "-")
 MAX_LISTED = 20  # codes with out-of-order dates listed in the manifest details
 MAX_NO_SECTOR = 100  # codes without a sector listed in the manifest details
@@ -109,16 +109,16 @@ def _quote(field: str) -> str:
     return '"' + field.replace('"', '""') + '"' if field else ""
 
 
-def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str], list[int], int]:
+def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str], Sequence[int], int, bool]:
     """Split a CSV file into header and records, and check every record has as many fields as the header.
 
     Returns CSV bytes for polars with the blank records removed (empty lines, or only spaces and
     commas), so that its rows are exactly the data records; the header fields; the 1-based line on which
-    each data record starts; and the number of blank records removed. Polars reports neither the line of
-    a ragged record nor short records at all, hence this pass. A file without quotes (the usual case)
-    has one record per line, and its commas are counted per line with numpy over the raw bytes; a file
-    with quotes (or ``careful``) is parsed with Python's csv module, which handles quoted commas,
-    doubled quotes and fields spanning lines.
+    each data record starts; the number of blank records removed; and whether the csv module split the
+    file. Polars reports neither the line of a ragged record nor short records at all, hence this pass.
+    A file without quotes (the usual case) has one record per line, and its commas are counted per line
+    with numpy over the raw bytes; a file with quotes (or ``careful``) is parsed with Python's csv
+    module, which handles quoted commas, doubled quotes and fields spanning lines.
     """
     data = file.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -129,7 +129,7 @@ def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str]
     if b"\r" in data and b"\n" not in data:
         data = data.replace(b"\r", b"\n")
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataImportError(
@@ -137,17 +137,16 @@ def _csv_records(file: Path, *, careful: bool = False) -> tuple[bytes, list[str]
         ) from None
     data = data.removeprefix(codecs.BOM_UTF8)
     _check_bare_cr(file, data)
-    if careful or b'"' in data:
-        records, starts, blank, spans_lines = _csv_module_records(file, data.decode("utf-8"))
-        header = records[0] if records else []
-        fields = [len(r) for r in records]
-        if not starts:
-            raise DataImportError(f"{file} is empty" if not data else f"{file} has only blank lines")
-        _check_field_counts(file, fields, starts)
-        # Write the records again, one per line, quoting what needs it (a field may span lines).
-        payload = "".join(",".join(map(_quote, r)) + "\n" for r in records).encode()
-        return payload, header, starts[1:], blank
-    return _unquoted_records(file, data)
+    if not careful and b'"' not in data:
+        del text  # not needed: free it before the bytes are split
+        return *_unquoted_records(file, data), False
+    records, starts, blank = _csv_module_records(file, text.removeprefix("\ufeff"))
+    if not starts:
+        raise DataImportError(f"{file} is empty" if not data else f"{file} has only blank lines")
+    _check_field_counts(file, [len(r) for r in records], starts)
+    # Write the records again, one per line, quoting what needs it (a field may span lines).
+    payload = "".join(",".join(map(_quote, r)) + "\n" for r in records).encode()
+    return payload, records[0], starts[1:], blank, True
 
 
 def _check_bare_cr(file: Path, data: bytes) -> None:
@@ -178,7 +177,7 @@ def _check_bare_cr(file: Path, data: bytes) -> None:
         )
 
 
-def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[int], int]:
+def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], np.ndarray, int]:
     """``_csv_records`` for a file without quotes: one record per line, vectorized over the bytes."""
     buf = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(buf == ord("\n"))
@@ -187,8 +186,8 @@ def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[i
     line_end = np.r_[newlines, len(buf)][:n_lines]  # exclusive; a trailing \r is stripped below
 
     def per_line(mask: np.ndarray) -> np.ndarray:
-        # The line of a byte is the number of newlines before it.
-        return np.bincount(np.searchsorted(newlines, np.flatnonzero(mask)), minlength=n_lines)[:n_lines]
+        # How many marked bytes lie before each line's end, less those before the previous line's end.
+        return np.diff(np.searchsorted(np.flatnonzero(mask), line_end), prepend=0)
 
     # Count only the rare bytes (commas, blanks) per line; a line with nothing else is a blank record.
     commas = per_line(buf == ord(","))
@@ -198,7 +197,7 @@ def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[i
     records = np.flatnonzero(content > 0)
     if len(records) == 0:
         raise DataImportError(f"{file} is empty" if not data else f"{file} has only blank lines")
-    starts = (records + 1).tolist()  # 1-based line numbers
+    starts = records + 1  # 1-based line numbers
     _check_field_counts(file, fields[records], starts)
     first = records[0]
     header = data[line_start[first] : line_end[first]].decode("utf-8").removesuffix("\r").split(",")
@@ -214,7 +213,7 @@ def _unquoted_records(file: Path, data: bytes) -> tuple[bytes, list[str], list[i
     return payload, header, starts[1:], n_lines - len(records)
 
 
-def _check_field_counts(file: Path, fields, starts: list[int]) -> None:
+def _check_field_counts(file: Path, fields, starts: Sequence[int]) -> None:
     """Error naming the first record whose number of fields differs from the header's."""
     fields = np.asarray(fields)
     wrong = np.flatnonzero(fields != fields[0])
@@ -226,13 +225,11 @@ def _check_field_counts(file: Path, fields, starts: list[int]) -> None:
         )
 
 
-def _csv_module_records(file: Path, text: str) -> tuple[list[list[str]], list[int], int, bool]:
-    """The non-blank records of a CSV text, the line each starts on, the number of blank records, and
-    whether any record spans several lines (a quoted field with a line break)."""
+def _csv_module_records(file: Path, text: str) -> tuple[list[list[str]], list[int], int]:
+    """The non-blank records of a CSV text, the line each starts on, and the number of blank records."""
     records: list[list[str]] = []
     starts: list[int] = []
     end = blank = 0
-    spans_lines = False
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         for row in reader:
@@ -240,12 +237,11 @@ def _csv_module_records(file: Path, text: str) -> tuple[list[list[str]], list[in
             if any(field.strip() for field in row):
                 records.append(row)
                 starts.append(start)
-                spans_lines |= end > start
             else:
                 blank += 1
     except csv.Error as e:
         raise DataImportError(f"{location(file, end + 1)}: malformed quoting ({e})") from None
-    return records, starts, blank, spans_lines
+    return records, starts, blank
 
 
 def _check_header(file: Path, header: list[str]) -> None:
@@ -256,16 +252,17 @@ def _check_header(file: Path, header: list[str]) -> None:
             raise DataImportError(f"{file}: column '{name}' appears {names.count(name)} times in the header")
 
 
-def _read_csv(file: Path) -> tuple[pl.DataFrame, list[int], int]:
+def _read_csv(file: Path) -> tuple[pl.DataFrame, Sequence[int], int]:
     """Read a CSV file (all columns as text): the frame, each row's line number, blank lines removed."""
-    payload, header, starts, blank = _csv_records(file)
+    payload, header, starts, blank, by_module = _csv_records(file)
     _check_header(file, header)
     df = pl.read_csv(payload, infer_schema=False)
-    if df.height != len(starts):  # polars split the records differently: let the csv module decide
-        payload, header, starts, blank = _csv_records(file, careful=True)
+    if df.height != len(starts) and not by_module:
+        # polars split the records differently: let the csv module decide
+        payload, _, starts, blank, _ = _csv_records(file, careful=True)
         df = pl.read_csv(payload, infer_schema=False)
-        if df.height != len(starts):
-            raise DataImportError(f"{file} cannot be split into records consistently")
+    if df.height != len(starts):
+        raise DataImportError(f"{file} cannot be split into records consistently")
     return df, starts, blank
 
 
@@ -296,6 +293,18 @@ def _reserved_renames(columns: list[str]) -> dict[str, str]:
     return renames
 
 
+def _file_layout(file: Path) -> str:
+    """``long_csv`` or ``long_parquet`` by the file's extension, or an error for any other extension."""
+    suffix = file.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "long_csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "long_parquet"
+    raise DataImportError(
+        f"{file}: unsupported extension '{file.suffix}' (expected .csv or .parquet, or a folder of .csv)"
+    )
+
+
 def _read_file(file: Path) -> tuple[pl.DataFrame, int, dict[str, str]]:
     """Read one CSV (all columns as text) or parquet file; add ``source_file`` and ``source_row``.
 
@@ -304,19 +313,14 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int, dict[str, str]]:
     number returned. Input columns named like a column the importer adds are renamed (see
     ``_reserved_renames``); the last item maps each new name back to the input's name, for messages.
     """
-    suffix = file.suffix.lower()
     try:
-        if suffix in CSV_SUFFIXES:
+        if _file_layout(file) == "long_csv":
             df, starts, blank = _read_csv(file)
             rows = pl.Series("source_row", starts, pl.Int64)
-        elif suffix in PARQUET_SUFFIXES:
+        else:
             df, blank = pl.read_parquet(file), 0
             _check_header(file, df.columns)  # names that differ only in surrounding spaces
             rows = pl.int_range(df.height, dtype=pl.Int64, eager=True).alias("source_row")
-        else:
-            raise DataImportError(
-                f"{file}: unsupported extension '{file.suffix}' (expected .csv or .parquet, or a folder of .csv)"
-            )
     except pl.exceptions.NoDataError:
         raise DataImportError(f"{file} is empty") from None
     except pl.exceptions.PolarsError as e:
@@ -495,9 +499,9 @@ def _parse(raw: pl.DataFrame, kinds: dict[str, str], names: dict[str, dict[str, 
             file = raw["source_file"][0]
             name = names[file].get(col, col)
             raise DataImportError(f"{file}: column '{name}' has type {raw.schema[col]}, not a {kind}")
-        parsed.append(result[0].alias(col))
+        parsed.append(result[0].alias(f"_parsed_{col}"))
         flags.append(result[1].fill_null(False).alias(f"_bad_{col}"))
-    checked = raw.with_columns(flags)
+    checked = raw.with_columns(*parsed, *flags)
     for col, bad in zip(kinds, checked.select(pl.col(f"_bad_{c}").any() for c in kinds).row(0), strict=True):
         if bad:
             rows = checked.filter(pl.col(f"_bad_{col}"))
@@ -508,11 +512,12 @@ def _parse(raw: pl.DataFrame, kinds: dict[str, str], names: dict[str, dict[str, 
                 f"{location(first['source_file'], first['source_row'])}: column '{name}': "
                 f"{PARSERS[kinds[col]][1]}: {first[col]!r}{more}"
             )
-    return raw.with_columns(parsed)
+    return checked.with_columns(pl.col(f"_parsed_{c}").alias(c) for c in kinds).select(raw.columns)
 
 
 def _check_file_code(df: pl.DataFrame, file: Path, name: str, code: str) -> None:
-    """Every non-null code in a per-ticker file's code column must be the code its file name gives.
+    """Every non-null code in a per-ticker file's code column must be the code its file name gives; in
+    the index file (``code`` is ``""``) the column may hold any one code, but only one.
 
     Codes are compared after the usual normalisation (``7203.0`` -> ``7203``), with and without an
     exchange suffix (``7203.T``), so a downloader's own ticker column agrees with its file name.
@@ -521,6 +526,14 @@ def _check_file_code(df: pl.DataFrame, file: Path, name: str, code: str) -> None
     if result is None:
         raise DataImportError(f"{file}: column '{name}' has type {df.schema['code']}, not a code")
     values = df.select(result[0].alias("value"), "source_row").drop_nulls("value")
+    several = f"{file}: column '{name}' holds several codes"
+    if not code:
+        codes = values["value"].unique().sort()
+        if codes.len() > 1:
+            raise DataImportError(
+                f"{several} ({', '.join(codes[:5])}) but this file must hold a single series"
+            )
+        return
     bare = pl.col("value").str.replace(TICKER_SUFFIX, "")
     wrong = values.filter((pl.col("value") != code) & (bare != code))
     if wrong.height == 0:
@@ -531,8 +544,8 @@ def _check_file_code(df: pl.DataFrame, file: Path, name: str, code: str) -> None
     codes = values.select(bare.unique().sort()).to_series()
     if codes.len() > 1:
         raise DataImportError(
-            f"{file}: column '{name}' holds several codes ({', '.join(codes[:5])}) but this file must hold "
-            f"a single series: {where} has code {first['value']} but the file name gives {code}{more}"
+            f"{several} ({', '.join(codes[:5])}) but this file must hold a single series: "
+            f"{where} has code {first['value']} but the file name gives {code}{more}"
         )
     raise DataImportError(
         f"{where}: column '{name}' has code {first['value']} but the file name gives {code}{more}"
@@ -552,19 +565,8 @@ def _prepare_bars(
     required = ("date", *(("code",) if code is None else ()), *OHLC, *(("volume",) if require_volume else ()))
     _require(file, original, _found(raw, inputs), required)
     if code is not None:
-        if "code" in original and code:  # a per-ticker file's code column must agree with its name
+        if "code" in original:  # a code column must agree with the file name, or the index with itself
             _check_file_code(df, file, original.pop("code"), code)
-        elif "code" in original:  # an index file's code column must agree with itself
-            name = original.pop("code")
-            result = _code_parser(pl.col("code"), df.schema["code"])
-            if result is None:
-                raise DataImportError(f"{file}: column '{name}' has type {df.schema['code']}, not a code")
-            codes = df.select(result[0]).to_series().drop_nulls().unique().sort()
-            if codes.len() > 1:
-                raise DataImportError(
-                    f"{file}: column '{name}' holds several codes ({', '.join(codes[:5])}) "
-                    "but this file must hold a single series"
-                )
         df = df.with_columns(pl.lit(code, pl.String).alias("code"))
     if "adj_close" in original:
         df = df.with_columns(pl.lit(True).alias("_adjust"))
@@ -632,13 +634,8 @@ def _read_bars(
         if is_index and len(files) != 1:
             raise DataImportError(f"index folder {p} must hold exactly one .csv file, found {len(files)}")
         layout = "ticker_folder"
-    elif p.suffix.lower() in CSV_SUFFIXES + PARQUET_SUFFIXES:
-        files, ignored = [p], []
-        layout = "long_csv" if p.suffix.lower() in CSV_SUFFIXES else "long_parquet"
     else:
-        raise DataImportError(
-            f"{p}: unsupported extension '{p.suffix}' (expected .csv or .parquet, or a folder of .csv)"
-        )
+        files, ignored, layout = [p], [], _file_layout(p)
     if is_index:  # a single series: its code column, if any, is only checked, never used
         codes: list[str | None] = [""]
     elif layout == "ticker_folder":
@@ -721,11 +718,7 @@ def _read_listed_info(
             "strict mode refuses to pick one"
         )
     kept = df.unique(subset="code", keep="last", maintain_order=True)
-    source: dict[str, Any] = {
-        "path": str(p),
-        "layout": "long_csv" if p.suffix.lower() in CSV_SUFFIXES else "long_parquet",
-        "files": 1,
-    }
+    source: dict[str, Any] = {"path": str(p), "layout": _file_layout(p), "files": 1}
     if extra:
         source["extra_columns_not_imported"] = extra
     counts = {
@@ -782,9 +775,9 @@ def _nothing_left(path: str, what: str, rejected: pl.DataFrame) -> DataImportErr
     )
 
 
-def _index_coverage(prices: pl.DataFrame, index: pl.DataFrame) -> dict[str, int]:
-    """How the index calendar lines up with the price calendar (reported only)."""
-    cal = prices.select(pl.col("date").unique())
+def _index_coverage(dates: pl.Series, index: pl.DataFrame) -> dict[str, int]:
+    """How the index calendar lines up with the price calendar ``dates`` (reported only)."""
+    cal = dates.to_frame("date")
     idx = index.select(pl.col("date").unique())
     return {
         "price_dates_missing_in_index": cal.join(idx, on="date", how="anti").height,
@@ -792,9 +785,27 @@ def _index_coverage(prices: pl.DataFrame, index: pl.DataFrame) -> dict[str, int]
     }
 
 
+def _import_bars(
+    path: str | Path, what: str, *, strict: bool, say: Callable[..., None]
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any], list[str], dict[str, Any], dict[str, int]]:
+    """Read and validate prices or the index (``what``, as for ``_read_bars``).
+
+    Returns the kept bars, the quarantined rows, the check counts, the codes whose dates go backwards,
+    the manifest's ``source`` entry and the read-time counts; errors when no row is left to import.
+    """
+    say(f"reading {what}")
+    with _naming(path):
+        raw, source, read_counts = _read_bars(path, what=what, say=say)
+        say(f"validating {what}")
+        bars, rejected, counts, out_of_order = clean_bars(raw, strict=strict)
+    if bars.height == 0:
+        raise _nothing_left(source["path"], "price" if what == "prices" else what, rejected)
+    return bars, rejected, counts, out_of_order, source, read_counts
+
+
 def _within(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it (writing ``folder`` would destroy ``path``)."""
-    return path == folder or folder in path.parents
+    return path.is_relative_to(folder)
 
 
 def _jsonable(value: Any) -> Any:
@@ -860,32 +871,24 @@ def import_market(
                 f"output {out} would replace the input {given}; choose another output folder"
             )
 
-    say("reading prices")
-    with _naming(prices):
-        raw, prices_source, read_counts = _read_bars(prices, what="prices", say=say)
-        say("validating prices")
-        bars, rejected, counts = clean_bars(raw, strict=strict)
-    if bars.height == 0:
-        raise _nothing_left(prices_source["path"], "price", rejected)
-    out_of_order = counts.pop("_codes_out_of_order")
+    bars, rejected, counts, out_of_order, prices_source, read_counts = _import_bars(
+        prices, "prices", strict=strict, say=say
+    )
     input_rows = counts.pop("input_rows")
+    dates = bars["date"].unique().sort()  # the calendar
 
     index_bars, index_rejected, index_checks, index_source = None, None, {}, None
     if index is not None:
-        say("reading index")
-        with _naming(index):
-            raw_index, index_source, index_read = _read_bars(index, what="index", say=say)
-            say("validating index")
-            index_bars, index_rejected, index_checks = clean_bars(raw_index, strict=strict)
-        if index_bars.height == 0:
-            raise _nothing_left(index_source["path"], "index", index_rejected)
-        index_checks["dates_out_of_order"] = int(bool(index_checks.pop("_codes_out_of_order")))
-        del index_checks["codes_out_of_order"]
+        index_bars, index_rejected, index_checks, index_late, index_source, index_read = _import_bars(
+            index, "index", strict=strict, say=say
+        )
+        del index_checks["codes_out_of_order"]  # a single series: reported as dates_out_of_order
         index_checks = {
             **index_checks,
+            "dates_out_of_order": int(bool(index_late)),
             "rows": index_bars.height,
             "blank_lines_skipped": index_read["blank_lines_skipped"],
-            **_index_coverage(bars, index_bars),
+            **_index_coverage(dates, index_bars),
         }
 
     listed, listed_source, listed_checks = None, None, {}
@@ -895,7 +898,7 @@ def import_market(
             listed, listed_source, listed_checks = _read_listed_info(listed_info, strict=strict)
 
     say("checking histories")
-    history_counts, history_details = history_report(bars)
+    history_counts, history_details = history_report(bars, dates)
     move_counts, move_list = extreme_moves(bars, index_bars, extreme_move)
     listed, sector_counts, no_sector = attach_sectors(bars["code"], listed)
 
@@ -915,7 +918,6 @@ def import_market(
     repairs += listed_checks.get("duplicate_codes", 0)
     rejected_rows = _rejected_table([("prices", rejected), ("index", index_rejected)])
 
-    dates = bars["date"].unique().sort()
     manifest: dict[str, Any] = {
         "kind": "imported",
         "source": {"prices": prices_source, "index": index_source, "listed_info": listed_source},

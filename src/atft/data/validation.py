@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 OHLC: tuple[str, ...] = ("open", "high", "low", "close")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 QUARANTINE_REASONS: tuple[str, ...] = (
     "null_ohlc",
     "partial_null_ohlc",
@@ -36,7 +37,7 @@ class DataImportError(ValueError):
 
 def location(file: str | Path, row: int) -> str:
     """``file line N`` for CSV (1-based line, header is line 1) or ``file row N`` for parquet (0-based)."""
-    unit = "row" if str(file).lower().endswith((".parquet", ".pq")) else "line"
+    unit = "row" if str(file).lower().endswith(PARQUET_SUFFIXES) else "line"
     return f"{file} {unit} {row}"
 
 
@@ -116,6 +117,8 @@ def drop_identical_duplicates(df: pl.DataFrame, *, strict: bool) -> tuple[pl.Dat
     """Keep the first of identical (code, date) rows; conflicting duplicates are always an error."""
     cols = _value_columns(df)
     df = df.sort("_order")
+    if not df.select(pl.len().over("code", "date") > 1).to_series().any():
+        return df, 0  # no (code, date) repeats: nothing is a duplicate
     unique = df.unique(subset=cols, keep="first", maintain_order=True)
     conflicts = unique.filter(pl.len().over("code", "date") > 1)
     if conflicts.height:
@@ -185,10 +188,13 @@ def repair_ohlc(df: pl.DataFrame, *, strict: bool) -> tuple[pl.DataFrame, dict[s
     return df, counts
 
 
-def clean_bars(df: pl.DataFrame, *, strict: bool) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def clean_bars(
+    df: pl.DataFrame, *, strict: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any], list[str]]:
     """Run every row-level check on a working frame: order, quarantine, adjust, de-duplicate, sort, repair.
 
-    Returns the kept rows (sorted by code, date), the quarantined rows and the counts for the manifest.
+    Returns the kept rows (sorted by code, date), the quarantined rows, the counts for the manifest and
+    the codes whose dates go backwards in file order.
     """
     out_of_order = out_of_order_codes(df, strict=strict)
     kept, rejected, counts = quarantine(df, strict=strict)
@@ -202,9 +208,8 @@ def clean_bars(df: pl.DataFrame, *, strict: bool) -> tuple[pl.DataFrame, pl.Data
         "null_volume_rows": int(kept["volume"].null_count()),
         **ohlc_counts,
         "codes_out_of_order": len(out_of_order),
-        "_codes_out_of_order": out_of_order,
     }
-    return kept, rejected, counts
+    return kept, rejected, counts, out_of_order
 
 
 def _summary(s: pl.Series) -> dict[str, Any]:
@@ -213,21 +218,28 @@ def _summary(s: pl.Series) -> dict[str, Any]:
     return {"min": s[0], "median": s[(len(s) - 1) // 2], "max": s[-1]}
 
 
-def history_report(prices: pl.DataFrame, top: int = 10) -> tuple[dict[str, int], dict[str, Any]]:
-    """Ragged histories against the calendar (union of price dates): reported, never filled."""
-    calendar = prices.select(pl.col("date").unique().sort()).with_row_index("_day")
+def history_report(
+    prices: pl.DataFrame, calendar: pl.Series, top: int = 10
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Ragged histories against the calendar (``calendar``: the sorted unique price dates): reported,
+    never filled. A code's internal gaps are the calendar days between its first and last date it lacks.
+    """
+    days = calendar.to_frame("date").with_row_index("_day")
     per_code = (
-        prices.join(calendar, on="date")
-        .group_by("code")
-        .agg(
-            first=pl.col("date").min(),
-            last=pl.col("date").max(),
-            rows=pl.len(),
-            gaps=(pl.col("_day").max() - pl.col("_day").min() + 1 - pl.len()).cast(pl.Int64),
+        prices.group_by("code")
+        .agg(first=pl.col("date").min(), last=pl.col("date").max(), rows=pl.len())
+        .join(days.rename({"date": "first", "_day": "_first"}), on="first")
+        .join(days.rename({"date": "last", "_day": "_last"}), on="last")
+        .select(
+            "code",
+            "first",
+            "last",
+            "rows",
+            gaps=(pl.col("_last") - pl.col("_first") + 1 - pl.col("rows")).cast(pl.Int64),
         )
         .sort("code")
     )
-    first_day, last_day = calendar["date"][0], calendar["date"][-1]
+    first_day, last_day = calendar[0], calendar[-1]
     counts = {
         "ragged_start_codes": int((per_code["first"] > first_day).sum()),
         "ragged_end_codes": int((per_code["last"] < last_day).sum()),
