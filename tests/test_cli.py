@@ -20,6 +20,8 @@ runner = CliRunner()
         ["data", "synth"],
         ["data", "import"],
         ["data", "info"],
+        ["data", "build"],
+        ["data", "splits"],
         ["config"],
         ["config", "show"],
         ["demo"],

@@ -53,7 +53,7 @@ def test_schema_defaults_load_without_a_preset():
     assert cfg.train.trainer.precision == "32"
     assert cfg.loss.weights.huber == 1.0
     assert cfg.eval.split == "test"
-    assert set(resolved.to_container()) == {"data", "model", "train", "loss", "eval"}
+    assert set(resolved.to_container()) == {"data", "features", "model", "train", "loss", "eval"}
     assert "hidden_size: 64" in resolved.to_yaml()
 
 

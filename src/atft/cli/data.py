@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from atft.cli.splits import splits
 from atft.cli.ui import console, print_manifest, stages, user_errors
+from atft.config import DEFAULT_PRESET, load_config
 from atft.data.store import check_target, read_manifest
 
 app = typer.Typer(help="Make, import and inspect market data.", no_args_is_help=True)
@@ -85,9 +87,53 @@ def import_(
     console.print(f"Wrote [bold]{escape(str(out))}[/]")
 
 
+@app.command("build")
+def build(
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="KEY=VALUE", help="Config overrides, e.g. features.normalization=z.", show_default=False
+    ),
+    raw: Path | None = typer.Option(
+        None, "--raw", help="The raw store to build from (default: data.raw_dir)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder to write the dataset to (default: data.dataset_dir)."
+    ),
+    preset: str = typer.Option(
+        DEFAULT_PRESET,
+        "--config",
+        "--preset",
+        "-c",
+        help="Preset name in configs/ or a path to a .yaml file.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset at --out."),
+) -> None:
+    """Build the dataset (point-in-time features, labels, stock ids) that every model reads from a raw store."""
+    from atft.features.build import build_dataset
+
+    with user_errors():
+        cfg = load_config(preset, overrides or ()).cfg
+        raw = raw or (Path(cfg.data.raw_dir) if cfg.data.raw_dir else None)
+        out = out or (Path(cfg.data.dataset_dir) if cfg.data.dataset_dir else None)
+        if raw is None or out is None:
+            raise ValueError(
+                "give the raw store with --raw (or data.raw_dir) and the output with --out (or data.dataset_dir)"
+            )
+        check_target(out, overwrite=overwrite)
+        with stages("building") as say:
+            build_dataset(raw, out, cfg, overwrite=overwrite, progress=say)
+        manifest = read_manifest(out)
+    print_manifest(manifest)
+    console.print(f"Wrote [bold]{escape(str(out))}[/]")
+
+
+app.command("splits")(splits)
+
+
 @app.command("info")
-def info(path: Path = typer.Argument(..., help="A store folder (one with manifest.json).")) -> None:
-    """Print a store's manifest: size, date range, tables, and every check and repair with its count."""
+def info(
+    path: Path = typer.Argument(..., help="A store or dataset folder (one with manifest.json)."),
+) -> None:
+    """Print a store's or dataset's manifest: size, date range, tables, checks, features and exclusions."""
     with user_errors():
         manifest = read_manifest(path)
     print_manifest(manifest)

@@ -21,6 +21,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from atft.cli.dataset_view import dataset_tables
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -119,12 +121,30 @@ def _number(value: Any, fmt: str) -> str:
         return str(value)
 
 
+def _files_table(manifest: dict[str, Any]) -> list[Table]:
+    files = Table(title="Tables")
+    files.add_column("table")
+    files.add_column("rows", justify="right")
+    files.add_column("columns")
+    for name, info in manifest.get("tables", {}).items():
+        info = info if isinstance(info, dict) else {}
+        columns = info.get("columns")
+        files.add_row(
+            _cell(name),
+            _cell(info.get("rows", "?")),
+            _cell(", ".join(map(str, columns)) if isinstance(columns, list) else columns, limit=10_000),
+        )
+    return [files]
+
+
 def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
     """Rich tables summarizing a store manifest: overview, tables, checks and (synthetic) oracle skill.
 
     Everything shown is plain text, and entries of an unexpected shape are shown as they are rather than
     crashing: ``atft data info`` is the tool one reaches for when a store looks wrong.
     """
+    if manifest.get("kind") == "dataset":
+        return [*dataset_tables(manifest, _cell), *_files_table(manifest)]
     overview = Table(title="Store", show_header=False)
     keys = (
         "kind",
@@ -142,20 +162,7 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
     for key in keys:
         if key in manifest:
             overview.add_row(key, _cell(manifest[key]))
-    out: list[Table | Text] = [overview]
-    files = Table(title="Tables")
-    files.add_column("table")
-    files.add_column("rows", justify="right")
-    files.add_column("columns")
-    for name, info in manifest.get("tables", {}).items():
-        info = info if isinstance(info, dict) else {}
-        columns = info.get("columns")
-        files.add_row(
-            _cell(name),
-            _cell(info.get("rows", "?")),
-            _cell(", ".join(map(str, columns)) if isinstance(columns, list) else columns, limit=10_000),
-        )
-    out.append(files)
+    out: list[Table | Text] = [overview, *_files_table(manifest)]
     oracle_ic = manifest.get("oracle_rank_ic")
     if isinstance(oracle_ic, dict) and oracle_ic:
         oracle = Table(title="Oracle: mean daily RankIC vs realized forward return")

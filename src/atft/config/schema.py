@@ -64,6 +64,8 @@ class SplitConfig:
     purge_days: int = field(default=20, metadata={"ge": 0})
     embargo_days: int = field(default=0, metadata={"ge": 0})
     window: str = field(default="expanding", metadata={"choices": ("expanding", "sliding")})
+    # Training days of a sliding window, and the least an expanding one may have.
+    train_days: int = field(default=500, metadata={"ge": 1})
     n_folds: int = field(default=1, metadata={"ge": 1})
     valid_days: int = field(default=250, metadata={"ge": 1})
     test_days: int = field(default=250, metadata={"ge": 1})
@@ -86,6 +88,26 @@ class DataConfig:
     # Absolute daily return above which a move is treated as a data error / corporate action.
     extreme_move: float = field(default=0.25, metadata={"gt": 0.0})
     split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class GuardConfig:
+    """Thresholds of the dataset guard that runs before training (``atft.features.guard``)."""
+
+    # A feature fails when it is constant (or all zero) across the cross-section on more than this share
+    # of dates; the previous system's per-stock z-score bug made every such feature exactly 0.
+    max_degenerate_date_frac: float = field(default=0.5, metadata={"ge": 0.0, "le": 1.0})
+    # A feature fails when more than this share of its post-warmup rows is null.
+    max_null_rate: float = field(default=0.5, metadata={"ge": 0.0, "le": 1.0})
+
+
+@dataclass
+class FeaturesConfig:
+    """How the dataset build normalizes features across each date's cross-section."""
+
+    normalization: str = field(default="robust_z", metadata={"choices": ("robust_z", "z")})
+    clip: float = field(default=5.0, metadata={"gt": 0.0})
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,6 +349,7 @@ class ATFTConfig:
     """The whole configuration: the root of the schema."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)

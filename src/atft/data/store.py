@@ -287,7 +287,8 @@ class RawStore:
     oracle: pl.DataFrame | None = None
 
     @classmethod
-    def read(cls, path: str | Path) -> RawStore:
+    def read(cls, path: str | Path, *, oracle: bool = True) -> RawStore:
+        """Load the store at ``path``; ``oracle=False`` leaves the synthetic oracle on disk."""
         path = Path(path)
         manifest = read_manifest(path)
 
@@ -305,5 +306,5 @@ class RawStore:
             prices=table("prices", True),
             index=table("index", False),
             listed_info=table("listed_info", True),
-            oracle=table("oracle", False),
+            oracle=table("oracle", False) if oracle else None,
         )

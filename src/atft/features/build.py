@@ -1,0 +1,318 @@
+"""From a raw store to the dataset every model reads: features, labels, stock ids and a manifest.
+
+The pipeline, in the order the data flows:
+
+1. join each stock's sector and the same-date market features onto the price panel;
+2. per-stock time-series features (``technical``, ``market.stock_vs_market``), ``.over("code")``;
+3. same-date sector statistics and the sector series joined back (``sector``);
+4. cross-sectional ranks of key features, then per-date normalization of every stock feature;
+5. validity flags, labels, the guard, and the manifest.
+
+The format of the result is ``docs/dataset.md``; the definitions of the features ``docs/features.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from atft.data.store import RawStore, StoreError, write_store
+from atft.features import technical
+from atft.features.cross_section import cs_rank, normalize_per_date
+from atft.features.guard import GuardReport, check_dataset
+from atft.features.labels import build_labels, label_names
+from atft.features.market import market_features, stock_vs_market
+from atft.features.sector import sector_cross_section, sector_series, sector_series_features
+
+# The longest window of any feature (the 200-day EMA): before it is full a stock is in its warmup.
+WARMUP_DAYS = 200
+VALIDITY_WINDOWS = (5, 20, 60, WARMUP_DAYS)
+RANKED = ("ret_1d", "ret_5d", "ret_20d", "ret_60d", "vol_20d", "volume_ratio_20", "rsi_14",
+          "log_dollar_volume", "beta_60d", "amihud_20d")  # fmt: skip
+# Groups normalized per date; market features are one value per date and ranks are already uniform.
+NORMALIZED_GROUPS = (
+    "returns", "volatility", "moving_averages", "oscillators", "intraday", "volume_liquidity",
+    "stock_market", "sector",
+)  # fmt: skip
+# Market-relative returns stay raw: the market is one value per date, so their per-date z-score would be
+# exactly that of ret_20d / ret_60d; raw, they keep how far the stock is ahead of the market.
+RAW_EXCESS = ("rel_strength_20d", "rel_strength_60d")
+SECTOR_COLUMN = {"sector17": "sector17_name", "sector33": "sector33_name"}
+# Stocks per chunk of the per-stock stage: bounds the float64 intermediates on a 10M-row panel.
+STOCK_CHUNK = 500
+# Columns normalized per pass: bounds the per-date statistics joined onto the panel at once.
+NORMALIZE_CHUNK = 8
+
+Progress = Callable[[str], None]
+
+
+def _stock_feature_exprs() -> dict[str, dict[str, pl.Expr]]:
+    return {
+        "returns": technical.returns(),
+        "volatility": technical.volatility(),
+        "moving_averages": technical.moving_averages(),
+        "oscillators": technical.oscillators(),
+        "intraday": technical.intraday(),
+        "volume_liquidity": technical.volume_liquidity(),
+        "stock_market": stock_vs_market(),
+    }
+
+
+def _per_stock(panel: pl.DataFrame) -> pl.DataFrame:
+    """Base columns, then every per-stock feature, each expression evaluated within one stock."""
+    groups = _stock_feature_exprs()
+    return (
+        panel.lazy()
+        .with_columns(*[e.over("code").alias(n) for n, e in technical.base_columns().items()])
+        .with_columns(
+            *[
+                e.over("code").alias(n)
+                for g, exprs in groups.items()
+                if g != "stock_market"
+                for n, e in exprs.items()
+            ],
+            row_in_stock=pl.int_range(pl.len()).over("code"),
+        )
+        .with_columns(*[e.over("code").alias(n) for n, e in groups["stock_market"].items()])
+        .collect()
+    )
+
+
+def _defined(name: str) -> pl.Expr:
+    """Column ``name`` as Float32, with null wherever it is undefined (0/0 = NaN, x/0 = inf).
+
+    A ratio of a halted stock's zero volatilities has no value; NaN would poison every statistic of its
+    date, and null is how the dataset says "no value" everywhere else.
+    """
+    x = pl.col(name)
+    return pl.when(x.is_finite()).then(x).cast(pl.Float32).alias(name)
+
+
+def _date_major(panel: pl.DataFrame) -> pl.DataFrame:
+    """``panel`` sorted by (date, code): from here on every step is per date, and date-major order makes
+    each date's rows contiguous (cross-sectional statistics run about 3x faster).
+
+    Reordered one column at a time so that each old column is freed as its new one is made: sorting the
+    whole 10M-row frame at once would hold two copies of it.
+    """
+    order = panel.select(pl.arg_sort_by("date", "code")).to_series()
+    for name in panel.columns:
+        panel = panel.with_columns(panel[name].gather(order))
+    return panel
+
+
+def sector_of(listed_info: pl.DataFrame, level: str) -> pl.DataFrame:
+    """code -> sector name at the configured level (``data.sector_level``)."""
+    column = SECTOR_COLUMN[level]
+    if listed_info[column].null_count() == listed_info.height:
+        raise StoreError(
+            f"listed_info has no {column} for any stock; set data.sector_level to a level the store has"
+        )
+    return listed_info.select("code", sector=pl.col(column))
+
+
+def compute_features(
+    prices: pl.DataFrame,
+    index: pl.DataFrame,
+    *,
+    normalization: str | None = "robust_z",
+    clip: float = 5.0,
+    progress: Progress | None = None,
+) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Every feature of every (code, date) of ``prices`` (with a ``sector`` column, sorted by code, date).
+
+    ``normalization`` is ``"robust_z"``, ``"z"`` (per date, see ``cross_section``) or None for raw values.
+
+    Returns the frame (date, code, sector, the features as Float32, the validity flags), sorted by
+    (date, code), and the feature names by group.
+    """
+    say = progress or (lambda _stage: None)
+    market = market_features(index)
+    groups = {g: list(exprs) for g, exprs in _stock_feature_exprs().items()}
+    groups["market"] = [c for c in market.columns if c != "date"]
+    stock_cols = [n for g, names in groups.items() if g != "market" for n in names]
+
+    say("per-stock features")
+    panel = prices.join(market, on="date", how="left", maintain_order="left")
+    codes = panel["code"].unique(maintain_order=True)
+    chunks = []
+    for start in range(0, codes.len(), STOCK_CHUNK):
+        part = _per_stock(panel.filter(pl.col("code").is_in(codes.slice(start, STOCK_CHUNK).implode())))
+        # float32 as soon as the arithmetic is done: half the memory of the 10M-row panel.
+        chunks.append(
+            part.select(
+                "date",
+                "code",
+                "sector",
+                "row_in_stock",
+                *[_defined(n) for n in groups["market"] + stock_cols],
+            )
+        )
+    del panel
+    panel = _date_major(pl.concat(chunks))
+    del chunks
+
+    say("sector features")
+    series = sector_series_features(sector_series(panel))
+    panel, same_date = sector_cross_section(panel)
+    panel = panel.join(series, on=["sector", "date"], how="left", maintain_order="left")
+    groups["sector"] = [*same_date, *[c for c in series.columns if c not in ("sector", "date")]]
+
+    say("cross-sectional ranks and normalization")
+    groups["ranks"] = [f"rank_{n}" for n in RANKED]
+    panel = panel.with_columns(*[cs_rank(pl.col(n)).cast(pl.Float32).alias(f"rank_{n}") for n in RANKED])
+    normalized = [n for g in NORMALIZED_GROUPS for n in groups[g] if n not in RAW_EXCESS]
+    if normalization is None:  # raw values: for inspection and for the reference tests
+        normalized = []
+    for start in range(0, len(normalized), NORMALIZE_CHUNK):
+        panel = normalize_per_date(panel, normalized[start : start + NORMALIZE_CHUNK], normalization, clip)
+    flags = [pl.col("row_in_stock").ge(w).alias(f"is_valid_{w}d") for w in VALIDITY_WINDOWS]
+    order = [n for names in groups.values() for n in names]
+    return panel.select(
+        "date", "code", "sector", *[pl.col(n).cast(pl.Float32) for n in order], *flags
+    ), groups
+
+
+def schema_hash(features: pl.DataFrame, labels: pl.DataFrame) -> str:
+    """sha256 of the feature and label column names and types, in order: changes whenever the schema does."""
+    text = json.dumps([[n, str(t)] for frame in (features, labels) for n, t in frame.schema.items()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def exclusion_reasons(
+    panel: pl.DataFrame, labels: pl.DataFrame, groups: dict[str, list[str]], targets: list[str]
+) -> dict[str, Any]:
+    """Rows that can never be a training sample, each counted under its first reason.
+
+    ``panel`` holds the features, the validity flags and ``sector``; ``labels`` the same rows' labels.
+    """
+    model = [n for names in groups.values() for n in names]
+    other = [n for n in model if n not in groups["market"] and not n.startswith("sector")]
+    reasons = {
+        "warmup": ~pl.col(f"is_valid_{WARMUP_DAYS}d"),
+        "no_market_data": pl.any_horizontal(pl.col(groups["market"]).is_null()),
+        "no_sector": pl.col("sector").is_null(),
+        "null_feature": pl.any_horizontal(pl.col(other + groups["sector"]).is_null()),
+        "no_label": pl.all_horizontal(pl.col(targets).is_null()),
+    }
+    frame = panel.select("sector", *model, f"is_valid_{WARMUP_DAYS}d").with_columns(labels.select(targets))
+    first = pl.lit(None, pl.String)
+    for name, cond in reversed(reasons.items()):
+        first = pl.when(cond).then(pl.lit(name)).otherwise(first)
+    counts = frame.select(first.alias("reason"))["reason"].value_counts()
+    by_reason = {name: 0 for name in reasons}
+    by_reason.update({r: int(n) for r, n in counts.iter_rows() if r is not None})
+    return {"total": sum(by_reason.values()), "reasons": by_reason}
+
+
+def build_dataset(
+    raw_dir: str | Path,
+    out: str | Path,
+    cfg: Any,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Build the dataset of ``raw_dir`` into ``out`` (see ``docs/dataset.md``) and return its manifest.
+
+    ``cfg`` is the resolved configuration (``data.horizons``, ``data.sector_level``, ``features.*``).
+    Raises ``DatasetGuardError`` (and writes nothing) when the guard finds features or labels that cannot
+    carry information.
+    """
+    say = progress or (lambda _stage: None)
+    say("reading the raw store")
+    store = RawStore.read(raw_dir, oracle=False)  # the oracle is only copied: read it when writing
+    if store.index is None or store.index.height == 0:
+        raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
+    horizons = list(cfg.data.horizons)
+    prices = store.prices.sort("code", "date").join(
+        sector_of(store.listed_info, cfg.data.sector_level), on="code", how="left", maintain_order="left"
+    )
+    closes = prices.select("date", "code", "sector", "close")
+    panel, groups = compute_features(
+        prices.drop("turnover"),
+        store.index,
+        normalization=cfg.features.normalization,
+        clip=cfg.features.clip,
+        progress=progress,
+    )
+    del prices
+    say("labels")
+    labels = build_labels(closes, store.index, horizons)
+    del closes
+    stocks = (
+        panel.select("code", "sector")
+        .unique("code")
+        .sort("code")
+        .with_columns(
+            stock_id=pl.int_range(pl.len(), dtype=pl.Int32),
+            sector_id=(pl.col("sector").rank("dense").fill_null(0)).cast(pl.Int32),
+        )
+    )
+    names = label_names(horizons)
+    excluded = exclusion_reasons(panel, labels, groups, names["target"])
+    flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
+    features = panel.select("date", "code", *[n for names in groups.values() for n in names], *flags)
+    del panel
+
+    say("guard")
+    warm = features[f"is_valid_{WARMUP_DAYS}d"]
+    report: GuardReport = check_dataset(
+        features,
+        labels,
+        stock_features=[n for g, names_ in groups.items() if g != "market" for n in names_],
+        market_features=groups["market"],
+        target_columns=dict(zip(horizons, names["target"], strict=True)),
+        warm=warm,
+        max_degenerate_date_frac=cfg.features.guard.max_degenerate_date_frac,
+        max_null_rate=cfg.features.guard.max_null_rate,
+    )
+    report.raise_if_failed()
+
+    say("writing the dataset")
+    model_features = [n for names_ in groups.values() for n in names_]
+    post = features.filter(warm)
+    null_rate = post.select(pl.col(model_features).null_count() / max(post.height, 1)).row(0, named=True)
+    manifest = {
+        "kind": "dataset",
+        "source": {
+            "raw_dir": str(raw_dir),
+            "raw_kind": store.manifest.get("kind"),
+            "raw_created_at": store.manifest.get("created_at"),
+        },
+        "horizons": horizons,
+        "warmup_days": WARMUP_DAYS,
+        "sector_level": cfg.data.sector_level,
+        "normalization": {
+            "method": cfg.features.normalization,
+            "clip": cfg.features.clip,
+            "groups": list(NORMALIZED_GROUPS),
+        },
+        "features": groups,
+        "model_features": model_features,
+        "validity_flags": flags,
+        "labels": names,
+        "schema_hash": schema_hash(features, labels),
+        "date_range": [str(features["date"].min()), str(features["date"].max())],
+        "n_dates": features["date"].n_unique(),
+        "n_stocks": stocks.height,
+        "rows": features.height,
+        "null_rate_after_warmup": {k: round(float(v), 6) for k, v in null_rate.items()},
+        "excluded_rows": excluded,
+        "guard": report.as_dict(),
+    }
+    tables = {
+        "features": features,
+        "labels": labels,
+        "stocks": stocks.select("code", "stock_id", "sector", "sector_id"),
+    }
+    oracle_file = Path(raw_dir) / "oracle.parquet"
+    if oracle_file.is_file():
+        tables["oracle"] = pl.read_parquet(oracle_file)
+    write_store(out, tables, manifest, overwrite=overwrite)
+    return manifest

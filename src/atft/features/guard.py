@@ -1,0 +1,127 @@
+"""The dataset guard: refuse to train on features or labels that cannot carry information.
+
+It catches the previous system's failures before any epoch is spent:
+
+- a stock feature that is constant (all zero, typically) across the cross-section on most dates, which is
+  what a cross-sectional z-score computed one stock at a time produces;
+- a feature that is mostly null after the warmup;
+- a degenerate label: all null, constant across stocks on most dates, or present where the future is
+  unknown (the last h rows of a stock filled with 0).
+
+Market features hold one value per date by design; for them "constant" means over time, and that is only
+a warning (a regime flag may simply never switch on within a short sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+
+class DatasetGuardError(ValueError):
+    """The dataset has features or labels that a model cannot learn from."""
+
+
+@dataclass
+class GuardReport:
+    """What the guard found: ``problems`` stop training, ``warnings`` are reported."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "problems": self.problems, "warnings": self.warnings}
+
+    def raise_if_failed(self) -> None:
+        if self.problems:
+            listed = "; ".join(self.problems[:10])
+            more = f" (and {len(self.problems) - 10} more)" if len(self.problems) > 10 else ""
+            raise DatasetGuardError(f"dataset guard failed on {len(self.problems)} check(s): {listed}{more}")
+
+
+def _degenerate_date_share(frame: pl.DataFrame, columns: list[str]) -> dict[str, tuple[float, int]]:
+    """Per column: share of dates (with at least 2 values) on which it is constant, and how many such dates."""
+    per_date = frame.group_by("date").agg(
+        *[(pl.col(c).std() == 0).alias(c) for c in columns],
+    )
+    counts = frame.group_by("date").agg(*[pl.col(c).count().alias(c) for c in columns])
+    per_date = per_date.join(counts, on="date", suffix="__n")
+    out = {}
+    for c in columns:
+        usable = per_date.filter(pl.col(f"{c}__n") >= 2)
+        out[c] = (float(usable[c].mean()) if usable.height else 1.0, usable.height)
+    return out
+
+
+def check_dataset(
+    features: pl.DataFrame,
+    labels: pl.DataFrame,
+    *,
+    stock_features: list[str],
+    market_features: list[str],
+    target_columns: dict[int, str],
+    warm: pl.Series,
+    max_degenerate_date_frac: float = 0.5,
+    max_null_rate: float = 0.5,
+) -> GuardReport:
+    """Check the features (rows where ``warm`` is True, i.e. past the warmup) and the labels.
+
+    ``target_columns`` maps each horizon to its label column. ``features`` and ``labels`` have the same
+    rows in the same order (sorted by code, date).
+    """
+    report = GuardReport()
+    post = features.filter(warm)
+    if post.height == 0:
+        report.problems.append(
+            "no row is past the warmup: every stock's history is shorter than the longest window"
+        )
+        return report
+
+    nulls = post.select(pl.col(stock_features + market_features).null_count() / post.height).row(
+        0, named=True
+    )
+    for name, rate in nulls.items():
+        if rate > max_null_rate:
+            report.problems.append(f"{name} is null on {rate:.0%} of rows after the warmup")
+
+    shares = _degenerate_date_share(post, stock_features)
+    for name, (share, n_dates) in shares.items():
+        if nulls[name] > max_null_rate:
+            continue  # already reported; its per-date statistics say nothing more
+        if share > max_degenerate_date_frac:
+            zero = post.select(pl.col(name).abs().max() == 0).item()
+            what = "all zero" if zero else "constant across stocks"
+            report.problems.append(
+                f"{name} is {what} on {share:.0%} of {n_dates} dates (a cross-sectional feature computed per "
+                "stock gives exactly this)"
+            )
+    if market_features:
+        stds = post.select(pl.col(market_features).std()).row(0, named=True)
+        for name, std in stds.items():
+            if not std:
+                report.warnings.append(f"{name} never changes over the sample")
+
+    label_shares = _degenerate_date_share(labels, list(target_columns.values()))
+    position_from_end = pl.int_range(pl.len(), 0, -1).over("code")  # 1 on a stock's last row
+    for h, name in target_columns.items():
+        col = labels[name]
+        if col.null_count() == col.len():
+            report.problems.append(f"label {name} is null everywhere")
+            continue
+        share, n_dates = label_shares[name]
+        if share > max_degenerate_date_frac:
+            report.problems.append(
+                f"label {name} is constant across stocks on {share:.0%} of {n_dates} dates"
+            )
+        leaked = labels.select(((position_from_end <= h) & pl.col(name).is_not_null()).sum()).item()
+        if leaked:
+            report.problems.append(
+                f"label {name} has a value on {leaked} rows within {h} days of a stock's last row, where the "
+                "future is unknown (filled with 0?)"
+            )
+    return report

@@ -1,0 +1,62 @@
+"""Market features from the index series, and each stock measured against the market.
+
+``market_features`` runs on the index table alone (sorted by date) and is joined to the stock panel on
+date, so every stock reads the same market value on a date. ``stock_vs_market`` then runs per stock
+(``.over("code")``) on the joined panel: ``mkt_ret_1d`` there is the market return of the same date, so
+``beta_60d`` is the regression of the stock's daily return on the same-day market return.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from atft.features.technical import ret
+
+m = pl.col("close")
+mkt = pl.col("mkt_ret_1d")
+
+# Regime thresholds: a 10% fall from the running peak is a correction; volatility is "high" when the
+# last month's is above the last quarter's.
+DRAWDOWN_REGIME = -0.10
+
+
+def market_features(index: pl.DataFrame) -> pl.DataFrame:
+    """Index returns, volatility, drawdown from the running peak and regime flags, one row per index date."""
+    log_ret = (m / m.shift(1)).log()
+    drawdown = m / m.cum_max() - 1
+    return index.sort("date").select(
+        "date",
+        mkt_ret_1d=m / m.shift(1) - 1,
+        mkt_ret_5d=m / m.shift(5) - 1,
+        mkt_ret_20d=m / m.shift(20) - 1,
+        mkt_ret_60d=m / m.shift(60) - 1,
+        mkt_vol_20d=log_ret.rolling_std(20),
+        mkt_vol_60d=log_ret.rolling_std(60),
+        mkt_drawdown=drawdown,
+        mkt_sma_gap_200d=m / m.rolling_mean(200) - 1,
+        mkt_regime_bull=(m > m.rolling_mean(200)).cast(pl.Float64),
+        mkt_regime_high_vol=(log_ret.rolling_std(20) > log_ret.rolling_std(60)).cast(pl.Float64),
+        mkt_regime_correction=(drawdown < DRAWDOWN_REGIME).cast(pl.Float64),
+    )
+
+
+def stock_vs_market() -> dict[str, pl.Expr]:
+    """Beta, alpha, correlation and idiosyncratic share of risk over 60 days; strength relative to the market."""
+    w = 60
+    mean_r, mean_m = ret.rolling_mean(w), mkt.rolling_mean(w)
+    cov = (ret * mkt).rolling_mean(w) - mean_r * mean_m
+    var_m = (mkt * mkt).rolling_mean(w) - mean_m * mean_m
+    var_r = (ret * ret).rolling_mean(w) - mean_r * mean_r
+    beta = cov / var_m
+    corr = cov / (var_m * var_r).sqrt()
+    return {
+        "beta_60d": beta,
+        # Daily intercept of the same 60-day regression, and today's return net of beta times the market.
+        "alpha_60d": mean_r - beta * mean_m,
+        "resid_ret_1d": ret - beta * mkt,
+        "corr_mkt_60d": corr,
+        # Share of the stock's 60-day volatility that the market does not explain: sqrt(1 - corr^2).
+        "idio_vol_ratio_60d": (1 - corr.pow(2)).clip(lower_bound=0).sqrt(),
+        "rel_strength_20d": pl.col("ret_20d") - pl.col("mkt_ret_20d"),
+        "rel_strength_60d": pl.col("ret_60d") - pl.col("mkt_ret_60d"),
+    }

@@ -1,0 +1,245 @@
+"""Day-batched loading: each sample is one trading day's full cross-section of eligible stocks.
+
+Ranking is learned and judged within a day, so a sample is a whole day, not a stock: the windows of every
+eligible stock ``[N_day, L, F]``, their labels ``[N_day, H]`` and label masks. A batch concatenates a few
+days PyG-style (``day`` / ``day_ptr`` say which rows belong to which day).
+
+Masks: ``y_mask`` is True where a label exists and may be used. Masked entries of ``y`` are set to 0 only so
+that the tensor is finite; they are not labels and must never enter a loss or a metric.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from atft.data.panel import DayPanel, empty_float32
+
+DateLike = str | dt.date | np.datetime64
+DateRange = tuple[DateLike | None, DateLike | None]
+
+
+def _day(value: DateLike) -> np.datetime64:
+    return np.datetime64(value, "D")
+
+
+class DayDataset(Dataset):
+    """The days of a panel within ``[start, end]`` (inclusive; None = open) that have enough eligible stocks.
+
+    A stock is eligible on day ``d`` when its window of ``lookback`` days ending on ``d`` has every feature
+    finite and at least one label on ``d`` survives the mask. Windows may reach back before ``start``:
+    features are the past, only labels can leak.
+
+    ``label_cutoff`` (a calendar index or a date) masks out every label whose window ends after it, even
+    when the stock has missing rows, so no training label can look past the end of the training segment.
+    Masked labels among the stocks with a full window are counted in ``masked_labels``; days dropped are
+    counted in ``dropped_days`` and, by reason, in ``dropped_reasons``.
+    """
+
+    def __init__(
+        self,
+        panel: DayPanel,
+        start: DateLike | None = None,
+        end: DateLike | None = None,
+        *,
+        lookback: int = 60,
+        min_stocks: int = 20,
+        label_cutoff: int | DateLike | None = None,
+    ) -> None:
+        self.panel, self.lookback, self.min_stocks = panel, lookback, min_stocks
+        first = 0 if start is None else int(np.searchsorted(panel.dates, _day(start), side="left"))
+        stop = len(panel.dates) if end is None else int(np.searchsorted(panel.dates, _day(end), side="right"))
+        days = np.arange(first, stop)
+        if label_cutoff is not None and not isinstance(label_cutoff, int | np.integer):
+            # the last calendar day on or before the cutoff date
+            label_cutoff = int(np.searchsorted(panel.dates, _day(label_cutoff), side="right")) - 1
+        self.label_cutoff = label_cutoff
+
+        finite = np.isfinite(panel.y[:, first:stop])  # [S, n, H]
+        mask = finite if label_cutoff is None else finite & (panel.label_end[:, first:stop] <= label_cutoff)
+        window_ok = panel.full_windows(lookback)[:, first:stop]  # [S, n]
+        eligible = window_ok & mask.any(-1)  # [S, n]
+        self.masked_labels = int((finite & ~mask & window_ok[..., None]).sum())
+
+        counts = eligible.sum(0)  # [n]
+        early = days < lookback - 1
+        few = ~early & (counts < min_stocks)
+        keep = ~early & ~few
+        self.dropped_reasons = {
+            "before_first_full_window": int(early.sum()),
+            "too_few_stocks": int(few.sum()),
+        }
+        self.dropped_days = int((~keep).sum())
+
+        self.day_index = days[keep]  # [n_kept] calendar indices
+        _, stocks = np.nonzero(eligible[:, keep].T)  # sorted by day, then stock
+        self.stock_idx = stocks.astype(np.int64)  # [sum N]: the eligible stocks of kept day i lie in
+        self.day_ptr = np.concatenate(
+            [[0], np.cumsum(counts[keep])]
+        )  # [n_kept + 1]  stock_idx[ptr[i]:ptr[i+1]]
+        self.label_mask = np.ascontiguousarray(mask[:, keep].transpose(1, 0, 2))  # [n_kept, S, H]
+
+    def __len__(self) -> int:
+        return len(self.day_index)
+
+    @property
+    def stock_windows(self) -> int:
+        """Total number of (stock, day) samples over the kept days."""
+        return int(self.day_ptr[-1])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """One day: ``x`` [N, L, F], ``y`` [N, H] (0 where masked), ``y_mask`` [N, H], ids [N], date."""
+        return self._day(i, out=None)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Several days, their windows gathered into one buffer, so that :func:`collate_days` need not copy them.
+
+        The DataLoader calls this (when present) instead of ``__getitem__`` once per index.
+        """
+        sizes = [int(self.day_ptr[i + 1] - self.day_ptr[i]) for i in indices]
+        buffer = empty_float32((sum(sizes), self.lookback, self.panel.x.shape[2]))  # [sum N, L, F]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        return [
+            self._day(i, out=buffer[a:b]) for i, a, b in zip(indices, starts[:-1], starts[1:], strict=True)
+        ]
+
+    def _day(self, i: int, out: torch.Tensor | None) -> dict[str, Any]:
+        # small per-day gathers in numpy: torch's advanced indexing costs milliseconds per call here
+        day = int(self.day_index[i])
+        stocks = self.stock_idx[self.day_ptr[i] : self.day_ptr[i + 1]]  # [N]
+        y_mask = self.label_mask[i][stocks]  # [N, H]
+        y = np.where(y_mask, self.panel.y[stocks, day], np.float32(0))  # [N, H], 0 where masked
+        return {
+            "x": self.panel.windows_for_day(day, torch.from_numpy(stocks), self.lookback, out=out),
+            "y": torch.from_numpy(y),
+            "y_mask": torch.from_numpy(y_mask),
+            "stock_id": torch.from_numpy(self.panel.stock_id[stocks].astype(np.int64)),
+            "sector_id": torch.from_numpy(self.panel.sector_id[stocks].astype(np.int64)),
+            "date": str(self.panel.dates[day]),
+            "day_index": day,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the CLI and the run manifest."""
+        dates = self.panel.dates[self.day_index]
+        return {
+            "days": len(self),
+            "first_date": str(dates[0]) if len(dates) else None,
+            "last_date": str(dates[-1]) if len(dates) else None,
+            "days_dropped": self.dropped_days,
+            "dropped_reasons": dict(self.dropped_reasons),
+            "stock_windows": self.stock_windows,
+            "labels_masked_by_cutoff": self.masked_labels,
+        }
+
+
+def collate_days(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate days into one batch: rows of all days stacked, ``day`` [sum N] and ``day_ptr`` [n+1] say whose."""
+    sizes = torch.tensor([len(item["stock_id"]) for item in items], dtype=torch.long)
+    batch = {
+        key: torch.cat([item[key] for item in items]) for key in ("y", "y_mask", "stock_id", "sector_id")
+    }
+    batch["x"] = _concat_rows([item["x"] for item in items])
+    batch["day"] = torch.repeat_interleave(torch.arange(len(items)), sizes)
+    batch["day_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    batch["dates"] = [item["date"] for item in items]
+    batch["day_index"] = torch.tensor([item["day_index"] for item in items], dtype=torch.long)
+    return batch
+
+
+def _concat_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts)``, without copying when the parts already lie end to end in one buffer."""
+    first = parts[0]
+    storage, offset = first.untyped_storage(), first.storage_offset()
+    for part in parts:
+        same_buffer = part.untyped_storage().data_ptr() == storage.data_ptr()
+        if not (same_buffer and part.is_contiguous() and part.storage_offset() == offset):
+            return torch.cat(parts)
+        offset += part.numel()
+    rows = sum(len(part) for part in parts)
+    return first.new_empty(0).set_(storage, first.storage_offset(), (rows, *first.shape[1:]))
+
+
+class DayDataModule(L.LightningDataModule):
+    """Train / valid / test day loaders over one panel, loaded once.
+
+    Training days are shuffled with a seeded generator; evaluation days come in date order. Each split masks
+    labels whose window ends after its own last day (``label_cutoff``), so no label reaches past its segment.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path | DayPanel,
+        *,
+        lookback: int = 60,
+        days_per_batch: int = 4,
+        min_stocks: int = 20,
+        train: DateRange | None = None,
+        valid: DateRange | None = None,
+        test: DateRange | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        features: list[str] | None = None,
+        labels: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.panel = dataset_dir if isinstance(dataset_dir, DayPanel) else None
+        self.dataset_dir = None if self.panel is not None else Path(dataset_dir)
+        self.lookback, self.days_per_batch, self.min_stocks = lookback, days_per_batch, min_stocks
+        self.ranges = {"train": train, "valid": valid, "test": test}
+        self.num_workers, self.seed = num_workers, seed
+        self.features, self.labels = features, labels
+        self.datasets: dict[str, DayDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the panel (once) and build the dataset of every split that has a date range."""
+        if self.panel is None:
+            self.panel = DayPanel.load(self.dataset_dir, features=self.features, labels=self.labels)
+        for split, span in self.ranges.items():
+            if span is not None and split not in self.datasets:
+                start, end = span
+                cutoff = len(self.panel.dates) - 1 if end is None else end
+                self.datasets[split] = DayDataset(
+                    self.panel,
+                    start,
+                    end,
+                    lookback=self.lookback,
+                    min_stocks=self.min_stocks,
+                    label_cutoff=cutoff,
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} split: give a {split}=(start, end) date range and call setup()")
+        if len(self.datasets[split]) == 0:
+            raise ValueError(f"the {split} split has no days: {self.datasets[split].summary()}")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.days_per_batch,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=collate_days,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per split: days kept and dropped (with reasons), stock-windows, labels masked by the cutoff."""
+        return {split: dataset.summary() for split, dataset in self.datasets.items()}

@@ -1,0 +1,230 @@
+"""The dataset build end to end: manifest, namespaces, the guard, the CLI, and the real JP sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from atft.cli.app import app
+from atft.config import load_config
+from atft.data.panel import DayPanel
+from atft.data.store import write_store
+from atft.data.synthetic import SynthParams, synthesize, write_synthetic
+from atft.features.build import build_dataset
+from atft.features.dataset import DatasetError, read_dataset_manifest, select_features
+from atft.features.guard import DatasetGuardError, check_dataset
+
+runner = CliRunner()
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("build")
+    raw, out = root / "raw", root / "dataset"
+    write_synthetic(synthesize(SynthParams(n_stocks=60, n_days=420, seed=5)), raw)
+    manifest = build_dataset(raw, out, load_config().cfg)
+    return raw, out, manifest
+
+
+def test_manifest_describes_the_dataset(built):
+    _, out, manifest = built
+    on_disk = read_dataset_manifest(out)
+    assert on_disk["schema_hash"] == manifest["schema_hash"] and len(manifest["schema_hash"]) == 64
+    features = pl.read_parquet(out / "features.parquet")
+    labels = pl.read_parquet(out / "labels.parquet")
+    assert manifest["rows"] == features.height == labels.height
+    assert manifest["n_stocks"] == 60 and manifest["n_dates"] == features["date"].n_unique() == 420
+    assert manifest["date_range"] == [str(features["date"].min()), str(features["date"].max())]
+    assert len(manifest["model_features"]) >= 80
+    assert set(manifest["features"]) >= {"returns", "volatility", "market", "sector", "ranks"}
+    assert set(manifest["null_rate_after_warmup"]) == set(manifest["model_features"])
+    excluded = manifest["excluded_rows"]
+    assert excluded["total"] == sum(excluded["reasons"].values())
+    assert excluded["reasons"]["warmup"] == 60 * manifest["warmup_days"]  # no stock lists late here
+    assert excluded["reasons"]["no_label"] > 0  # the last day has no label at any horizon
+    assert manifest["guard"]["passed"]
+    # Rows are the store's rows, date-major, the same in both files.
+    assert features.select("date", "code").equals(labels.select("date", "code"))
+    assert features.select("date", "code").equals(features.select("date", "code").sort("date", "code"))
+
+
+def test_features_and_labels_never_share_a_namespace(built):
+    _, out, manifest = built
+    features = pl.read_parquet_schema(out / "features.parquet")
+    labels = pl.read_parquet_schema(out / "labels.parquet")
+    assert not [c for c in features if c.startswith(("target_", "label_end_", "oracle_"))]
+    assert set(features) & set(labels) == {"date", "code"}
+    assert set(manifest["model_features"]).isdisjoint(labels)
+    for name in ("target_5d", "target_5d_rank", "label_end_20d", "oracle_5d", "target_1d_excess"):
+        with pytest.raises(DatasetError, match="can never be features"):
+            select_features(manifest, ["ret_1d", name])
+        with pytest.raises(DatasetError, match="can never be features"):
+            DayPanel.load(out, features=[name])
+    with pytest.raises(DatasetError, match="unknown feature 'ret_2d'.*ret_1d"):
+        select_features(manifest, ["ret_2d"])
+    assert select_features(manifest) == manifest["model_features"]
+
+
+def test_oracle_is_carried_apart(built):
+    raw, out, manifest = built
+    assert manifest["source"]["raw_kind"] == "synthetic" and "oracle" not in manifest["model_features"]
+    oracle = pl.read_parquet(out / "oracle.parquet")
+    assert oracle.equals(pl.read_parquet(raw / "oracle.parquet"))
+
+
+def test_labels_are_null_at_the_end_never_zero(built):
+    _, out, _ = built
+    labels = pl.read_parquet(out / "labels.parquet").sort("code", "date")
+    last = labels.group_by("code").tail(20)
+    assert last["target_20d"].null_count() == last.height
+    assert labels.group_by("code").tail(1)["target_1d"].null_count() == 60
+
+
+def _buggy_per_stock_zscore(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """The previous system's bug: a 'cross-sectional' z-score grouped by (date, code), i.e. one stock at a time."""
+    group = ["date", "code"]
+    return frame.with_columns(
+        ((pl.col(c) - pl.col(c).mean().over(group)) / pl.col(c).std().over(group))
+        .fill_null(0.0)
+        .fill_nan(0.0)
+        for c in columns
+    )
+
+
+def _guard(features: pl.DataFrame, labels: pl.DataFrame, manifest: dict, **kw):
+    market = manifest["features"]["market"]
+    return check_dataset(
+        features,
+        labels,
+        stock_features=[n for n in manifest["model_features"] if n not in market],
+        market_features=market,
+        target_columns={h: f"target_{h}d" for h in manifest["horizons"]},
+        warm=features["is_valid_200d"],
+        **kw,
+    )
+
+
+def test_guard_passes_the_built_dataset(built):
+    _, out, manifest = built
+    report = _guard(
+        pl.read_parquet(out / "features.parquet"), pl.read_parquet(out / "labels.parquet"), manifest
+    )
+    assert report.passed, report.problems
+
+
+def test_guard_catches_the_per_stock_zscore_bug(built):
+    _, out, manifest = built
+    features = pl.read_parquet(out / "features.parquet")
+    labels = pl.read_parquet(out / "labels.parquet")
+    broken = ["ret_5d", "vol_20d", "rsi_14"]
+    report = _guard(_buggy_per_stock_zscore(features, broken), labels, manifest)
+    assert not report.passed
+    flagged = {p.split(" ")[0] for p in report.problems}
+    assert flagged == set(broken)
+    assert all("all zero" in p for p in report.problems)
+    with pytest.raises(DatasetGuardError, match="ret_5d is all zero on 100% of"):
+        report.raise_if_failed()
+
+
+def test_guard_catches_null_and_constant_features_and_degenerate_labels(built):
+    _, out, manifest = built
+    features = pl.read_parquet(out / "features.parquet").with_columns(
+        vol_5d=pl.when(pl.col("code") != "1000").then(None).otherwise(pl.col("vol_5d")),
+        rsi_2=pl.lit(0.7, pl.Float32),
+    )
+    labels = pl.read_parquet(out / "labels.parquet").with_columns(
+        target_1d=pl.col("target_1d").fill_null(0.0),  # the old end-of-series fill
+        target_10d=pl.lit(None, pl.Float32),
+        target_20d=pl.col("target_20d").mean().over("date"),
+    )
+    problems = "\n".join(_guard(features, labels, manifest).problems)
+    assert "vol_5d is null on 98% of rows after the warmup" in problems
+    assert "rsi_2 is constant across stocks on 100%" in problems
+    assert "label target_1d has a value on 60 rows within 1 days of a stock's last row" in problems
+    assert "label target_10d is null everywhere" in problems
+    assert "label target_20d is constant across stocks" in problems
+
+
+def test_build_refuses_a_store_without_index(built, tmp_path):
+    raw, _, _ = built
+    tables = {t: pl.read_parquet(raw / f"{t}.parquet") for t in ("prices", "listed_info")}
+    write_store(tmp_path / "raw", tables, {"kind": "imported"})
+    result = runner.invoke(
+        app, ["data", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 2 and "has no index table" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_build_info_and_splits(built, tmp_path):
+    raw, _, manifest = built
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["data", "build", "--raw", str(raw), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["schema_hash"] == manifest["schema_hash"]
+    info = runner.invoke(app, ["data", "info", str(out)])
+    assert info.exit_code == 0, info.output
+    for text in ("Dataset", "Features (94)", "Null rate after the warmup", "Excluded rows", "Guard: passed"):
+        assert text in info.output
+    again = runner.invoke(app, ["data", "build", "--raw", str(raw), "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    splits = runner.invoke(
+        app,
+        [
+            "data",
+            "splits",
+            str(out),
+            "data.split.train_days=100",
+            "data.split.valid_days=40",
+            "data.split.test_days=40",
+        ],
+    )
+    assert splits.exit_code == 0, splits.output
+    assert "train" in splits.output and "test" in splits.output and "2016" in splits.output
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory) -> Path:
+    if not (SAMPLE / "prices.parquet").is_file():
+        pytest.skip(f"real JP sample not found at {SAMPLE}; it lives in ../shared/data beside the repo")
+    root = tmp_path_factory.mktemp("real_build")
+    imported = runner.invoke(
+        app,
+        ["data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index", str(SAMPLE / "index_n225.parquet"),
+         "--listed-info", str(SAMPLE / "listed_info.csv"), "--out", str(root / "raw")],
+    )  # fmt: skip
+    assert imported.exit_code == 0, imported.output
+    built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
+    assert built.exit_code == 0, built.output
+    return root / "dataset"
+
+
+@pytest.mark.real_data
+def test_real_jp_end_to_end(real_dataset):
+    from atft.data.splits import splits_from_config, trading_calendar
+    from atft.training.datamodule import DayDataModule
+
+    manifest = read_dataset_manifest(real_dataset)
+    assert manifest["n_stocks"] == 318 and manifest["guard"]["passed"]
+    reasons = manifest["excluded_rows"]["reasons"]
+    # The index covers 2021-05-28 .. 2026-05-29, the prices 2019-06 .. 2026-08: rows outside have no market.
+    assert reasons["no_market_data"] > 0 and reasons["warmup"] > 0
+    cfg = load_config(overrides=["data.lookback=60"]).cfg
+    calendar = trading_calendar(real_dataset)
+    (split,) = splits_from_config(calendar, cfg)
+    ranges = {r.name: (r.start_date, r.end_date) for r in split.ranges()}
+    dm = DayDataModule(real_dataset, lookback=60, days_per_batch=2, min_stocks=20, **ranges)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    n = batch["x"].shape[0]
+    assert batch["x"].shape == (n, 60, len(manifest["model_features"])) and n > 100
+    assert batch["y"].shape == batch["y_mask"].shape == (n, 4)
+    assert batch["stock_id"].shape == batch["sector_id"].shape == (n,)
+    assert len(batch["dates"]) == 2 and bool(batch["x"].isfinite().all())
+    summary = dm.summary()
+    assert summary["train"]["days"] > 100 and summary["test"]["days"] > 100
