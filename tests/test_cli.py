@@ -69,10 +69,19 @@ def test_info_on_a_folder_that_is_not_a_store(tmp_path):
 
 
 def test_demo_writes_the_synthetic_market(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--stocks", "40", "--days", "250"])
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--stocks", "30", "--days", "1100"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "demo" / "raw" / "manifest.json").is_file()
-    assert "Oracle" in r.output
+    assert (tmp_path / "demo" / "dataset" / "features.parquet").is_file()
+    assert "Oracle" in r.output and "guard passed" in r.output
+    for split in ("train", "valid", "test"):
+        assert split in r.output
+
+
+def test_demo_too_short_for_the_splits_is_a_clean_error(tmp_path):
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--stocks", "30", "--days", "300"])
+    assert r.exit_code == 2
+    assert "trading days" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize(

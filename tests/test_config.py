@@ -690,3 +690,23 @@ def test_strict_date_in_a_preset_names_the_key_and_file(tmp_path):
 def test_interpolation_to_a_missing_key_is_a_config_error():
     message = error_of(None, ["data.raw_dir=${nope}"])
     assert "interpolation" in message and "nope" in message
+
+
+@pytest.mark.parametrize(
+    "dates, named",
+    [
+        ([], "data.split.train"),
+        (["data.split.train=[2015-01-05,2016-12-30]"], "data.split.valid or data.split.test"),
+    ],
+)
+def test_explicit_split_mode_needs_train_and_an_evaluation_segment(dates, named):
+    with pytest.raises(ConfigError, match=f"needs \\[start, end\\] dates for {named}"):
+        load_config(overrides=["data.split.mode=explicit", *dates])
+    ok = load_config(
+        overrides=[
+            "data.split.mode=explicit",
+            "data.split.train=[2015-01-05,2016-12-30]",
+            "data.split.test=[2017-03-01,2017-12-29]",
+        ]
+    )
+    assert ok.cfg.data.split.valid is None

@@ -217,8 +217,7 @@ def test_real_jp_end_to_end(real_dataset):
     cfg = load_config(overrides=["data.lookback=60"]).cfg
     calendar = trading_calendar(real_dataset)
     (split,) = splits_from_config(calendar, cfg)
-    ranges = {r.name: (r.start_date, r.end_date) for r in split.ranges()}
-    dm = DayDataModule(real_dataset, lookback=60, days_per_batch=2, min_stocks=20, **ranges)
+    dm = DayDataModule.from_split(real_dataset, split, lookback=60, days_per_batch=2, min_stocks=20)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     n = batch["x"].shape[0]
@@ -228,3 +227,42 @@ def test_real_jp_end_to_end(real_dataset):
     assert len(batch["dates"]) == 2 and bool(batch["x"].isfinite().all())
     summary = dm.summary()
     assert summary["train"]["days"] > 100 and summary["test"]["days"] > 100
+
+
+def test_build_and_load_under_a_path_with_brackets(built, tmp_path):
+    """polars reads '[a]' in a path as a glob pattern unless told not to."""
+    raw, _, manifest = built
+    out = tmp_path / "st[a]re" / "dataset"
+    result = runner.invoke(app, ["data", "build", "--raw", str(raw), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    panel = DayPanel.load(out)
+    assert panel.x.shape == (60, 420, len(manifest["model_features"]))
+
+
+def test_walk_forward_fold_loaders_skip_the_embargo_and_cut_labels_at_segment_ends(built):
+    from atft.data.splits import walk_forward_splits
+    from atft.training.datamodule import DayDataModule
+
+    _, out, _ = built
+    panel = DayPanel.load(out)
+    folds = walk_forward_splits(
+        panel.dates, horizons=[1, 5, 10, 20], train_days=100, valid_days=20, test_days=60,
+        purge_days=20, embargo_days=5, n_folds=3, window="expanding",
+    )  # fmt: skip
+    late = folds[-1]
+    assert late.embargo, "the later fold's training must skip the days after the earlier test block"
+    dm = DayDataModule.from_split(panel, late, lookback=20, days_per_batch=3, min_stocks=10)
+    dm.setup()
+    train = dm.datasets["train"]
+    embargo_dates = set(late.dates("train").tolist()) ^ set(
+        panel.dates[late.train.start : late.train.end + 1].tolist()
+    )
+    assert train.dropped_reasons["embargo"] == len(embargo_dates) == 5
+    assert not embargo_dates & set(panel.dates[train.day_index].tolist())
+    for name, dataset in dm.datasets.items():
+        segment = getattr(late, name)
+        used = dataset.label_mask.any(axis=(0, 2))  # stocks with any label used
+        ends = panel.label_end[:, dataset.day_index][used]  # label windows of the segment's kept days
+        assert ends[dataset.label_mask[:, used].transpose(1, 0, 2)].max() <= segment.end
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["dates"] == sorted(batch["dates"])

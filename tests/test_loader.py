@@ -255,6 +255,7 @@ def test_days_dropped_and_counted(panel):
     kept = [d for d in range(L - 1, N_DAYS) if eligible[d] >= 5]
     assert data.day_index.tolist() == kept
     assert data.dropped_reasons == {
+        "embargo": 0,
         "before_first_full_window": L - 1,
         "too_few_stocks": N_DAYS - (L - 1) - len(kept),
     }

@@ -680,10 +680,19 @@ def _horizon_weights_match(values: Mapping[str, Any]) -> tuple[tuple[str, ...], 
 
 def _explicit_split_has_dates(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
     split = values["data"]["split"]
-    missing = [name for name in ("train", "valid", "test") if split[name] is None]
-    if split["mode"] == "explicit" and missing:
-        keys = tuple(f"data.split.{name}" for name in missing)
-        return (("data.split.mode", *keys), f"mode 'explicit' needs [start, end] dates for {', '.join(keys)}")
+    if split["mode"] != "explicit":
+        return None
+    if split["train"] is None:
+        return (
+            ("data.split.mode", "data.split.train"),
+            "mode 'explicit' needs [start, end] dates for data.split.train",
+        )
+    if split["valid"] is None and split["test"] is None:
+        keys = ("data.split.valid", "data.split.test")
+        return (
+            ("data.split.mode", *keys),
+            "mode 'explicit' needs [start, end] dates for data.split.valid or data.split.test",
+        )
     return None
 
 

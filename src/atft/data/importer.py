@@ -318,7 +318,7 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int, dict[str, str]]:
             df, starts, blank = _read_csv(file)
             rows = pl.Series("source_row", starts, pl.Int64)
         else:
-            df, blank = pl.read_parquet(file), 0
+            df, blank = pl.read_parquet(file, glob=False), 0
             _check_header(file, df.columns)  # names that differ only in surrounding spaces
             rows = pl.int_range(df.height, dtype=pl.Int64, eager=True).alias("source_row")
     except pl.exceptions.NoDataError:

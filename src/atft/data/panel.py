@@ -44,7 +44,7 @@ def _check_names(requested: Sequence[str], available: Sequence[str], file: Path,
 
 def _row_index(path: Path, codes: list[str], dates: np.ndarray) -> np.ndarray:
     """Flat panel index ``stock * n_days + day`` of every row of ``path`` (int64 [rows])."""
-    keys = pl.read_parquet(path, columns=["code", "date"])
+    keys = pl.read_parquet(path, columns=["code", "date"], glob=False)
     stock = keys["code"].cast(pl.Enum(codes)).to_physical().cast(pl.Int64).to_numpy()
     row_dates = keys["date"].to_numpy()
     day = np.searchsorted(dates, row_dates)
@@ -169,15 +169,25 @@ class DayPanel:
         features = select_features(manifest, features)  # the one gate: refuses labels and oracle columns
         labels = list(labels if labels is not None else manifest["labels"]["target"])
         features_file, labels_file = root / "features.parquet", root / "labels.parquet"
-        _check_names(features, pl.read_parquet_schema(features_file).names(), features_file, "features")
-        label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
-        _check_names(labels + label_ends, pl.read_parquet_schema(labels_file).names(), labels_file, "labels")
-
-        stocks = pl.read_parquet(root / "stocks.parquet", columns=["code", "stock_id", "sector_id"]).sort(
-            "stock_id"
+        _check_names(
+            features,
+            pl.scan_parquet(features_file, glob=False).collect_schema().names(),
+            features_file,
+            "features",
         )
+        label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
+        _check_names(
+            labels + label_ends,
+            pl.scan_parquet(labels_file, glob=False).collect_schema().names(),
+            labels_file,
+            "labels",
+        )
+
+        stocks = pl.read_parquet(
+            root / "stocks.parquet", columns=["code", "stock_id", "sector_id"], glob=False
+        ).sort("stock_id")
         codes = stocks["code"].to_list()
-        dates = np.unique(pl.read_parquet(features_file, columns=["date"])["date"].to_numpy())
+        dates = np.unique(pl.read_parquet(features_file, columns=["date"], glob=False)["date"].to_numpy())
         n_stocks, n_days = len(codes), len(dates)
 
         x = np.full((n_stocks, n_days, len(features)), np.nan, dtype=np.float32)
@@ -188,7 +198,7 @@ class DayPanel:
         _scatter(y, flat, labels_file, labels)
 
         label_end = np.full((n_stocks, n_days, len(labels)), -1, dtype=np.int32)
-        ends = pl.read_parquet(labels_file, columns=sorted(set(label_ends)))
+        ends = pl.read_parquet(labels_file, columns=sorted(set(label_ends)), glob=False)
         for j, name in enumerate(label_ends):  # one pass per label column, not per row
             end_dates = ends[name].to_numpy()
             known = ~np.isnat(end_dates)
@@ -269,5 +279,10 @@ def _scatter(out: np.ndarray, flat: np.ndarray, path: Path, columns: list[str]) 
     block = max(1, _BLOCK_VALUES // max(1, len(flat)))
     for start in range(0, len(columns), block):  # column blocks, each one vectorized scatter
         names = columns[start : start + block]
-        values = pl.read_parquet(path, columns=names).cast(pl.Float32).fill_null(float("nan")).to_numpy()
+        values = (
+            pl.read_parquet(path, columns=names, glob=False)
+            .cast(pl.Float32)
+            .fill_null(float("nan"))
+            .to_numpy()
+        )
         grid[flat, start : start + len(names)] = values  # values: [rows, len(names)] float32

@@ -298,7 +298,7 @@ class RawStore:
                 if required:
                     raise StoreError(f"{path} is missing {f.name}")
                 return None
-            return pl.read_parquet(f)
+            return pl.read_parquet(f, glob=False)
 
         return cls(
             path=path,

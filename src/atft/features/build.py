@@ -43,10 +43,11 @@ NORMALIZED_GROUPS = (
 # exactly that of ret_20d / ret_60d; raw, they keep how far the stock is ahead of the market.
 RAW_EXCESS = ("rel_strength_20d", "rel_strength_60d")
 SECTOR_COLUMN = {"sector17": "sector17_name", "sector33": "sector33_name"}
-# Stocks per chunk of the per-stock stage: bounds the float64 intermediates on a 10M-row panel.
 STOCK_CHUNK = 500
+# Columns reordered per pass (``_date_major``): parallel across columns, bounded in memory.
+REORDER_BATCH = 16
 # Columns normalized per pass: bounds the per-date statistics joined onto the panel at once.
-NORMALIZE_CHUNK = 8
+NORMALIZE_CHUNK = 16
 
 Progress = Callable[[str], None]
 
@@ -63,33 +64,37 @@ def _stock_feature_exprs() -> dict[str, dict[str, pl.Expr]]:
     }
 
 
-def _per_stock(panel: pl.DataFrame) -> pl.DataFrame:
-    """Base columns, then every per-stock feature, each expression evaluated within one stock."""
-    groups = _stock_feature_exprs()
+def _per_stock(panel: pl.DataFrame, groups: dict[str, dict[str, pl.Expr]]) -> pl.DataFrame:
+    """Base columns, then every per-stock feature as Float32, each evaluated within one stock."""
+    others = [
+        e.over("code").alias(n)
+        for g, exprs in groups.items()
+        if g != "stock_market"
+        for n, e in exprs.items()
+    ]
     return (
         panel.lazy()
         .with_columns(*[e.over("code").alias(n) for n, e in technical.base_columns().items()])
-        .with_columns(
-            *[
-                e.over("code").alias(n)
-                for g, exprs in groups.items()
-                if g != "stock_market"
-                for n, e in exprs.items()
-            ],
-            row_in_stock=pl.int_range(pl.len()).over("code"),
-        )
+        .with_columns(*others, row_in_stock=pl.int_range(pl.len()).over("code"))
         .with_columns(*[e.over("code").alias(n) for n, e in groups["stock_market"].items()])
+        .select(
+            "date",
+            "code",
+            "sector",
+            "row_in_stock",
+            *[_defined(pl.col(n), n) for names in groups.values() for n in names],
+            *[_defined(pl.col(n), n) for n in panel.columns if n.startswith("mkt_")],
+        )  # fmt: skip
         .collect()
     )
 
 
-def _defined(name: str) -> pl.Expr:
-    """Column ``name`` as Float32, with null wherever it is undefined (0/0 = NaN, x/0 = inf).
+def _defined(x: pl.Expr, name: str) -> pl.Expr:
+    """``x`` as Float32 column ``name``, with null wherever it is undefined (0/0 = NaN, x/0 = inf).
 
     A ratio of a halted stock's zero volatilities has no value; NaN would poison every statistic of its
     date, and null is how the dataset says "no value" everywhere else.
     """
-    x = pl.col(name)
     return pl.when(x.is_finite()).then(x).cast(pl.Float32).alias(name)
 
 
@@ -97,12 +102,13 @@ def _date_major(panel: pl.DataFrame) -> pl.DataFrame:
     """``panel`` sorted by (date, code): from here on every step is per date, and date-major order makes
     each date's rows contiguous (cross-sectional statistics run about 3x faster).
 
-    Reordered one column at a time so that each old column is freed as its new one is made: sorting the
+    Reordered a batch of columns at a time, each old batch freed as its new one is made: sorting the
     whole 10M-row frame at once would hold two copies of it.
     """
     order = panel.select(pl.arg_sort_by("date", "code")).to_series()
-    for name in panel.columns:
-        panel = panel.with_columns(panel[name].gather(order))
+    for start in range(0, panel.width, REORDER_BATCH):
+        batch = panel.columns[start : start + REORDER_BATCH]
+        panel = panel.with_columns(panel.select(batch)[order])
     return panel
 
 
@@ -124,7 +130,7 @@ def compute_features(
     clip: float = 5.0,
     progress: Progress | None = None,
 ) -> tuple[pl.DataFrame, dict[str, list[str]]]:
-    """Every feature of every (code, date) of ``prices`` (with a ``sector`` column, sorted by code, date).
+    """Every feature of every (code, date) of ``prices`` (with a ``sector`` column).
 
     ``normalization`` is ``"robust_z"``, ``"z"`` (per date, see ``cross_section``) or None for raw values.
 
@@ -135,25 +141,18 @@ def compute_features(
     market = market_features(index)
     groups = {g: list(exprs) for g, exprs in _stock_feature_exprs().items()}
     groups["market"] = [c for c in market.columns if c != "date"]
-    stock_cols = [n for g, names in groups.items() if g != "market" for n in names]
 
     say("per-stock features")
     panel = prices.join(market, on="date", how="left", maintain_order="left")
     codes = panel["code"].unique(maintain_order=True)
-    chunks = []
-    for start in range(0, codes.len(), STOCK_CHUNK):
-        part = _per_stock(panel.filter(pl.col("code").is_in(codes.slice(start, STOCK_CHUNK).implode())))
-        # float32 as soon as the arithmetic is done: half the memory of the 10M-row panel.
-        chunks.append(
-            part.select(
-                "date",
-                "code",
-                "sector",
-                "row_in_stock",
-                *[_defined(n) for n in groups["market"] + stock_cols],
-            )
-        )
+    exprs = _stock_feature_exprs()
+    # A few hundred stocks at a time: bounds the float64 intermediates of ~60 features on a 10M-row panel.
+    chunks = [
+        _per_stock(panel.filter(pl.col("code").is_in(codes.slice(start, STOCK_CHUNK).implode())), exprs)
+        for start in range(0, codes.len(), STOCK_CHUNK)
+    ]
     del panel
+    say("ordering by date")
     panel = _date_major(pl.concat(chunks))
     del chunks
 
@@ -313,6 +312,6 @@ def build_dataset(
     }
     oracle_file = Path(raw_dir) / "oracle.parquet"
     if oracle_file.is_file():
-        tables["oracle"] = pl.read_parquet(oracle_file)
+        tables["oracle"] = pl.read_parquet(oracle_file, glob=False)
     write_store(out, tables, manifest, overwrite=overwrite)
     return manifest

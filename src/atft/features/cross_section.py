@@ -7,10 +7,13 @@ Nulls stay null and take no part in a date's statistics.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_STD = 1.4826
+# Columns whose float32 working copies are held at once in ``normalize_per_date``.
+BATCH = 8
 
 
 def cs_rank(x: pl.Expr, by: str = "date") -> pl.Expr:
@@ -25,39 +28,55 @@ def normalize_per_date(frame: pl.DataFrame, columns: list[str], method: str, cli
     - ``robust_z``: (x - median) / (1.4826 * MAD). Where half the stocks or more share one value the MAD
       is 0, and the date's standard deviation takes its place.
 
-    Both are clipped to +-clip. A date where x is constant gives 0. The statistics of each date are
-    aggregated once and joined back, which is far faster than a window expression per column.
+    Both are clipped to +-clip. A date where x is constant gives 0; nulls stay null. ``frame`` must be
+    sorted by date. The statistics of each date come from one group-by (in float64, so that they do not
+    depend on the order rows are visited in) and are broadcast back with ``np.repeat`` over the date's
+    contiguous rows: a window expression or a join per column costs several times more on a 10M-row panel.
     """
     if method not in ("z", "robust_z"):
         raise ValueError(f"normalization must be 'z' or 'robust_z', got {method!r}")
-    center = "mean" if method == "z" else "median"
-    stats = frame.group_by("date").agg(
-        # float64 statistics: identical whatever order a parallel group-by visits the rows in.
-        *[getattr(pl.col(c).cast(pl.Float64), center)().alias(f"{c}__center") for c in columns],
-        *[pl.col(c).cast(pl.Float64).std().alias(f"{c}__std") for c in columns],
+    if not frame["date"].is_sorted():
+        raise ValueError("normalize_per_date needs a frame sorted by date")
+    center_of = "median" if method == "robust_z" else "mean"
+    # One group-by for every column: polars runs the columns' aggregations in parallel.
+    stats = (
+        frame.group_by("date")
+        .agg(
+            pl.len().alias("__rows"),
+            *[getattr(pl.col(c).cast(pl.Float64), center_of)().alias(f"{c}__center") for c in columns],
+            *[pl.col(c).cast(pl.Float64).std().alias(f"{c}__std") for c in columns],
+        )
+        .sort("date")
     )
-    joined = frame.select("date", *columns).join(stats, on="date", how="left", maintain_order="left")
-    if method == "robust_z":
-        mad = (
-            joined.select("date", *[(pl.col(c) - pl.col(f"{c}__center")).abs().alias(c) for c in columns])
-            .group_by("date")
-            .agg(*[(MAD_TO_STD * pl.col(c).median()).alias(f"{c}__mad") for c in columns])
-        )
-        joined = joined.join(mad, on="date", how="left", maintain_order="left")
+    rows = stats["__rows"].to_numpy()
 
-    def scaled(c: str) -> pl.Expr:
-        std = pl.col(f"{c}__std")
-        scale = (
-            std
-            if method == "z"
-            else pl.when(pl.col(f"{c}__mad") > 0).then(pl.col(f"{c}__mad")).otherwise(std)
-        )
-        z = pl.when(scale > 0).then((pl.col(c) - pl.col(f"{c}__center")) / scale)
-        return (
-            z.otherwise(pl.when(pl.col(c).is_not_null()).then(0.0))
-            .clip(-clip, clip)
-            .cast(pl.Float32)
-            .alias(c)
-        )
+    def per_row(values: np.ndarray) -> np.ndarray:  # [dates] -> [rows], float32
+        return np.repeat(values.astype(np.float32), rows)
 
-    return frame.with_columns(joined.select(*[scaled(c) for c in columns]))
+    out = []
+    for start in range(0, len(columns), BATCH):
+        batch = columns[start : start + BATCH]
+        # float32 throughout: half the memory traffic of float64, and the output is float32 anyway.
+        x = {c: frame[c].cast(pl.Float32).to_numpy() for c in batch}  # [rows] each, NaN where null
+        dev = {c: x[c] - per_row(stats[f"{c}__center"].to_numpy()) for c in batch}
+        scale = {c: stats[f"{c}__std"].to_numpy() for c in batch}  # [dates]
+        if method == "robust_z":
+            mad = (
+                pl.DataFrame({"date": frame["date"], **{c: np.abs(d) for c, d in dev.items()}})
+                .fill_nan(None)
+                .group_by("date")
+                .agg(pl.col(batch).median())
+                .sort("date")
+            )
+            for c in batch:
+                robust = MAD_TO_STD * mad[c].to_numpy()
+                scale[c] = np.where(robust > 0, robust, scale[c])
+        for c in batch:
+            z, s = dev[c], per_row(scale[c])
+            constant = ~(s > 0)  # also where the date has a single value (std NaN)
+            np.divide(z, s, out=z, where=~constant)
+            z[constant] = 0.0
+            np.clip(z, -clip, clip, out=z)
+            z[np.isnan(x[c])] = np.nan
+            out.append(pl.Series(c, z).fill_nan(None))
+    return frame.with_columns(out)

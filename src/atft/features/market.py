@@ -40,6 +40,10 @@ def market_features(index: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _stock_return(w: int) -> pl.Expr:
+    return pl.col("close") / pl.col("close").shift(w) - 1
+
+
 def stock_vs_market() -> dict[str, pl.Expr]:
     """Beta, alpha, correlation and idiosyncratic share of risk over 60 days; strength relative to the market."""
     w = 60
@@ -57,6 +61,6 @@ def stock_vs_market() -> dict[str, pl.Expr]:
         "corr_mkt_60d": corr,
         # Share of the stock's 60-day volatility that the market does not explain: sqrt(1 - corr^2).
         "idio_vol_ratio_60d": (1 - corr.pow(2)).clip(lower_bound=0).sqrt(),
-        "rel_strength_20d": pl.col("ret_20d") - pl.col("mkt_ret_20d"),
-        "rel_strength_60d": pl.col("ret_60d") - pl.col("mkt_ret_60d"),
+        "rel_strength_20d": _stock_return(20) - pl.col("mkt_ret_20d"),
+        "rel_strength_60d": _stock_return(60) - pl.col("mkt_ret_60d"),
     }

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from atft.data.panel import DayPanel, empty_float32
+from atft.data.splits import Split
 
 DateLike = str | dt.date | np.datetime64
 DateRange = tuple[DateLike | None, DateLike | None]
@@ -37,6 +38,7 @@ class DayDataset(Dataset):
     finite and at least one label on ``d`` survives the mask. Windows may reach back before ``start``:
     features are the past, only labels can leak.
 
+    ``exclude`` lists dates to leave out (the embargo blocks of a walk-forward fold).
     ``label_cutoff`` (a calendar index or a date) masks out every label whose window ends after it, even
     when the stock has missing rows, so no training label can look past the end of the training segment.
     Masked labels among the stocks with a full window are counted in ``masked_labels``; days dropped are
@@ -52,6 +54,7 @@ class DayDataset(Dataset):
         lookback: int = 60,
         min_stocks: int = 20,
         label_cutoff: int | DateLike | None = None,
+        exclude: np.ndarray | None = None,
     ) -> None:
         self.panel, self.lookback, self.min_stocks = panel, lookback, min_stocks
         first = 0 if start is None else int(np.searchsorted(panel.dates, _day(start), side="left"))
@@ -69,10 +72,12 @@ class DayDataset(Dataset):
         self.masked_labels = int((finite & ~mask & window_ok[..., None]).sum())
 
         counts = eligible.sum(0)  # [n]
-        early = days < lookback - 1
-        few = ~early & (counts < min_stocks)
-        keep = ~early & ~few
+        embargoed = np.zeros(len(days), bool) if exclude is None else np.isin(panel.dates[days], exclude)
+        early = ~embargoed & (days < lookback - 1)
+        few = ~embargoed & ~early & (counts < min_stocks)
+        keep = ~embargoed & ~early & ~few
         self.dropped_reasons = {
+            "embargo": int(embargoed.sum()),
             "before_first_full_window": int(early.sum()),
             "too_few_stocks": int(few.sum()),
         }
@@ -188,8 +193,10 @@ class DayDataModule(L.LightningDataModule):
         seed: int = 0,
         features: list[str] | None = None,
         labels: list[str] | None = None,
+        train_exclude: np.ndarray | None = None,
     ) -> None:
         super().__init__()
+        self.train_exclude = train_exclude
         self.panel = dataset_dir if isinstance(dataset_dir, DayPanel) else None
         self.dataset_dir = None if self.panel is not None else Path(dataset_dir)
         self.lookback, self.days_per_batch, self.min_stocks = lookback, days_per_batch, min_stocks
@@ -197,6 +204,14 @@ class DayDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.features, self.labels = features, labels
         self.datasets: dict[str, DayDataset] = {}
+
+    @classmethod
+    def from_split(cls, dataset_dir: str | Path | DayPanel, split: Split, **kwargs: Any) -> DayDataModule:
+        """The loaders of one split of ``atft.data.splits`` (its segments, and its embargo left out of training)."""
+        ranges = {r.name: (r.start_date, r.end_date) for r in split.ranges()}
+        embargo = [split.calendar[e.start : e.end + 1] for e in split.embargo]
+        exclude = np.concatenate(embargo).astype("datetime64[D]") if embargo else None
+        return cls(dataset_dir, **ranges, train_exclude=exclude, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the panel (once) and build the dataset of every split that has a date range."""
@@ -213,6 +228,7 @@ class DayDataModule(L.LightningDataModule):
                     lookback=self.lookback,
                     min_stocks=self.min_stocks,
                     label_cutoff=cutoff,
+                    exclude=self.train_exclude if split == "train" else None,
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
