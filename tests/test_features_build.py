@@ -16,7 +16,7 @@ from atft.data.store import write_store
 from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 from atft.features.build import build_dataset
 from atft.features.dataset import DatasetError, read_dataset_manifest, select_features
-from atft.features.guard import DatasetGuardError, check_dataset
+from atft.features.guard import DatasetGuardError, check_dataset, guard_dataset
 
 runner = CliRunner()
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
@@ -111,10 +111,22 @@ def _guard(features: pl.DataFrame, labels: pl.DataFrame, manifest: dict, **kw):
 
 def test_guard_passes_the_built_dataset(built):
     _, out, manifest = built
-    report = _guard(
-        pl.read_parquet(out / "features.parquet"), pl.read_parquet(out / "labels.parquet"), manifest
-    )
+    report = guard_dataset(out)
     assert report.passed, report.problems
+    assert report.as_dict() == manifest["guard"]
+
+
+def test_guard_before_training_reads_the_files_as_written(built, tmp_path):
+    """Training re-runs the guard on the folder: a dataset edited (or broken) after its build is caught."""
+    _, out, _ = built
+    copy = tmp_path / "dataset"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    features = pl.read_parquet(copy / "features.parquet")
+    _buggy_per_stock_zscore(features, ["ret_20d"]).write_parquet(copy / "features.parquet")
+    with pytest.raises(DatasetGuardError, match="ret_20d is all zero"):
+        guard_dataset(copy).raise_if_failed()
 
 
 def test_guard_catches_the_per_stock_zscore_bug(built):

@@ -15,6 +15,7 @@ a warning (a regime flag may simply never switch on within a short sample).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -125,3 +126,31 @@ def check_dataset(
                 "future is unknown (filled with 0?)"
             )
     return report
+
+
+def guard_dataset(
+    dataset_dir: str | Path, *, max_degenerate_date_frac: float = 0.5, max_null_rate: float = 0.5
+) -> GuardReport:
+    """Run the guard on a dataset folder written by ``atft data build``: the check before any training."""
+    from atft.features.dataset import read_dataset_manifest
+
+    root = Path(dataset_dir)
+    manifest = read_dataset_manifest(root)
+    market = list(manifest["features"]["market"])
+    stock = [n for n in manifest["model_features"] if n not in market]
+    warmup_flag = f"is_valid_{manifest['warmup_days']}d"
+    targets = dict(zip(manifest["horizons"], manifest["labels"]["target"], strict=True))
+    features = pl.read_parquet(
+        root / "features.parquet", columns=["date", "code", *stock, *market, warmup_flag], glob=False
+    )
+    labels = pl.read_parquet(root / "labels.parquet", columns=["date", "code", *targets.values()], glob=False)
+    return check_dataset(
+        features,
+        labels,
+        stock_features=stock,
+        market_features=market,
+        target_columns=targets,
+        warm=features[warmup_flag],
+        max_degenerate_date_frac=max_degenerate_date_frac,
+        max_null_rate=max_null_rate,
+    )
