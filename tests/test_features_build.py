@@ -45,7 +45,13 @@ def test_manifest_describes_the_dataset(built):
     assert set(manifest["null_rate_after_warmup"]) == set(manifest["model_features"])
     excluded = manifest["excluded_rows"]
     assert excluded["total"] == sum(excluded["reasons"].values())
-    assert excluded["reasons"]["warmup"] == 60 * manifest["warmup_days"]  # no stock lists late here
+    # The 200-day EMA has a value from a stock's 200th row (index 199) on: no stock lists late here.
+    assert excluded["reasons"]["warmup"] == 60 * (manifest["warmup_days"] - 1)
+    never = features.with_columns(labels.select(pl.col("^target_\\d+d$"))).filter(
+        pl.any_horizontal(pl.col(manifest["model_features"]).is_null())
+        | pl.all_horizontal(pl.col("^target_\\d+d$").is_null())
+    )
+    assert excluded["total"] == never.height
     assert excluded["reasons"]["no_label"] > 0  # the last day has no label at any horizon
     assert manifest["guard"]["passed"]
     # Rows are the store's rows, date-major, the same in both files.
@@ -224,8 +230,10 @@ def test_real_jp_end_to_end(real_dataset):
     manifest = read_dataset_manifest(real_dataset)
     assert manifest["n_stocks"] == 318 and manifest["guard"]["passed"]
     reasons = manifest["excluded_rows"]["reasons"]
-    # The index covers 2021-05-28 .. 2026-05-29, the prices 2019-06 .. 2026-08: rows outside have no market.
-    assert reasons["no_market_data"] > 0 and reasons["warmup"] > 0
+    # The index covers 2021-05-28 .. 2026-05-29, the prices 2019-06 .. 2026-08: rows outside have no market
+    # features, and the index's own 200-day warmup runs to 2022-03.
+    assert reasons["no_index_date"] > 0 and reasons["market_warmup"] > 0 and reasons["warmup"] > 0
+    assert reasons["no_sector"] > 0  # 9 codes listed after the sector table's date
     cfg = load_config(overrides=["data.lookback=60"]).cfg
     calendar = trading_calendar(real_dataset)
     (split,) = splits_from_config(calendar, cfg)
@@ -278,3 +286,90 @@ def test_walk_forward_fold_loaders_skip_the_embargo_and_cut_labels_at_segment_en
         assert ends[dataset.label_mask[:, used].transpose(1, 0, 2)].max() <= segment.end
     batch = next(iter(dm.val_dataloader()))
     assert batch["dates"] == sorted(batch["dates"])
+
+
+def test_build_never_writes_over_its_own_raw_store(built, tmp_path):
+    raw, out, _ = built
+    copy = tmp_path / "raw"
+    copy.mkdir()
+    for f in raw.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    result = runner.invoke(app, ["data", "build", "--raw", str(copy), "--out", str(copy), "--overwrite"])
+    assert result.exit_code == 2 and "it is a raw store, and this would write a dataset" in result.output
+    assert (copy / "prices.parquet").is_file()
+    synth = runner.invoke(app, ["data", "synth", "--out", str(out), "--overwrite", "--days", "200"])
+    assert synth.exit_code == 2 and "it is a dataset" in synth.output
+
+
+@pytest.mark.parametrize(
+    "table, drop, named",
+    [
+        ("prices", "volume", "prices.parquet lacks column(s) volume"),
+        ("index", "close", "index.parquet lacks column(s) close"),
+        (
+            "listed_info",
+            ["sector17_name", "sector"],
+            "listed_info has no sector17_name (nor a sector column)",
+        ),
+    ],
+)
+def test_build_names_the_file_and_column_a_store_lacks(built, tmp_path, table, drop, named):
+    raw, _, _ = built
+    tables = {t: pl.read_parquet(raw / f"{t}.parquet") for t in ("prices", "index", "listed_info")}
+    tables[table] = tables[table].drop(drop)
+    write_store(tmp_path / "raw", tables, {"kind": "imported"})
+    result = runner.invoke(
+        app, ["data", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output
+
+
+def test_build_uses_a_generic_sector_column_and_says_so(built, tmp_path):
+    raw, _, manifest = built
+    tables = {t: pl.read_parquet(raw / f"{t}.parquet") for t in ("prices", "index", "listed_info")}
+    tables["listed_info"] = tables["listed_info"].with_columns(sector17_name=pl.lit(None, pl.String))
+    write_store(tmp_path / "raw", tables, {"kind": "imported"})
+    rebuilt = build_dataset(tmp_path / "raw", tmp_path / "d", load_config().cfg)
+    assert rebuilt["sector_column"] == "sector" and manifest["sector_column"] == "sector17_name"
+    assert rebuilt["excluded_rows"] == manifest["excluded_rows"]  # the same sectors by another name
+
+
+def test_guard_dataset_takes_its_thresholds_from_the_config(built, tmp_path):
+    _, out, _ = built
+    copy = tmp_path / "dataset"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    features = pl.read_parquet(copy / "features.parquet")
+    # sector_ret_1d missing for a third of the stocks: within the default limit (50%), not within 20%.
+    thinned = features.with_columns(
+        sector_ret_1d=pl.when(pl.col("code").cast(pl.Int32) % 3 == 0)
+        .then(None)
+        .otherwise(pl.col("sector_ret_1d"))
+    )
+    thinned.write_parquet(copy / "features.parquet")
+    assert guard_dataset(copy).passed
+    strict = load_config(overrides=["features.guard.max_null_rate=0.2"]).cfg
+    (problem,) = guard_dataset(copy, strict).problems
+    assert problem.startswith("sector_ret_1d is null on 3") and "no sector peers" in problem
+
+
+def test_loader_refuses_overlapping_segments(built):
+    from atft.training.datamodule import DayDataModule
+
+    _, out, _ = built
+    with pytest.raises(ValueError, match="the train range .* and the valid range .* overlap"):
+        DayDataModule(out, train=(None, "2016-03-31"), valid=("2016-03-01", None))
+
+
+def test_splits_of_a_dataset_use_its_horizons(built, tmp_path):
+    raw, _, _ = built
+    out = tmp_path / "ds"
+    assert (
+        runner.invoke(
+            app, ["data", "build", "--raw", str(raw), "--out", str(out), "data.horizons=[1,5,60]"]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["data", "splits", str(out), "data.split.train_days=50"])
+    assert result.exit_code == 2 and "longest label horizon (60 trading days" in result.output

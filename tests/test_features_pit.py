@@ -24,7 +24,7 @@ SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_la
 def _inputs(store: RawStore) -> tuple[pl.DataFrame, pl.DataFrame]:
     prices = (
         store.prices.sort("code", "date")
-        .join(sector_of(store.listed_info, "sector17"), on="code", how="left", maintain_order="left")
+        .join(sector_of(store.listed_info, "sector17")[0], on="code", how="left", maintain_order="left")
         .drop("turnover")
     )
     return prices, store.index

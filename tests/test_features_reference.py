@@ -835,17 +835,25 @@ def label_reference(p: Reference, h: int) -> dict[str, np.ndarray]:
     for i, (d, _) in enumerate(p.keys):
         if end[i] is not None and d in index_close and end[i] in index_close:
             excess[i] = target[i] - (index_close[end[i]] / index_close[d] - 1)
+    # Cross-sectional variants use only labels that end on the calendar's h-th next day.
+    calendar = sorted({d for d, _ in p.keys})
+    at = {d: k for k, d in enumerate(calendar)}
+    on_time = target.copy()
+    for i, (d, _) in enumerate(p.keys):
+        k = at[d] + h
+        if end[i] is None or k >= len(calendar) or end[i] != calendar[k]:
+            on_time[i] = np.nan
     resid = np.full(len(p.keys), np.nan)
     for members in p.sector_members():
-        present = [target[j] for j in members if not np.isnan(target[j])]
+        present = [on_time[j] for j in members if not np.isnan(on_time[j])]
         for i in members:
             if present:
-                resid[i] = target[i] - np.mean(present)
+                resid[i] = on_time[i] - np.mean(present)
     return {
         f"target_{h}d": target,
         f"target_{h}d_excess": excess,
         f"target_{h}d_sector_resid": resid,
-        f"target_{h}d_rank": per_date_rank(p, target),
+        f"target_{h}d_rank": per_date_rank(p, on_time),
         f"label_end_{h}d": end,
     }
 

@@ -35,7 +35,7 @@ def synth(
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 
     with user_errors():
-        check_target(out, overwrite=overwrite)  # before minutes of work, not after
+        check_target(out, overwrite=overwrite, kind="synthetic")  # before minutes of work, not after
         params = SynthParams(
             n_stocks=stocks,
             n_days=days,
@@ -71,7 +71,7 @@ def import_(
     from atft.data.importer import import_market
 
     with user_errors():
-        check_target(out, overwrite=overwrite)
+        check_target(out, overwrite=overwrite, kind="imported")
         with stages("importing") as say:
             manifest = import_market(
                 prices,
@@ -118,7 +118,7 @@ def build(
             raise ValueError(
                 "give the raw store with --raw (or data.raw_dir) and the output with --out (or data.dataset_dir)"
             )
-        check_target(out, overwrite=overwrite)
+        check_target(out, overwrite=overwrite, kind="dataset")
         with stages("building") as say:
             build_dataset(raw, out, cfg, overwrite=overwrite, progress=say)
         manifest = read_manifest(out)

@@ -28,8 +28,8 @@ def demo(
     raw, dataset = out / "raw", out / "dataset"
     with user_errors():
         cfg = load_config().cfg
-        check_target(raw, overwrite=True)  # replaces an earlier demo's store, never other files
-        check_target(dataset, overwrite=True)
+        check_target(raw, overwrite=True, kind="synthetic")  # an earlier demo's store, never other files
+        check_target(dataset, overwrite=True, kind="dataset")
         with stages("demo") as say:
             market = synthesize(SynthParams(n_stocks=stocks, n_days=days, seed=seed), progress=say)
             say("measuring the oracle and writing the store")

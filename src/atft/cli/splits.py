@@ -37,9 +37,15 @@ def splits(
     data.split.train=[2015-01-05,2018-12-28] data.split.valid=[...] data.split.test=[...].
     """
     from atft.data.splits import splits_from_config, trading_calendar
+    from atft.features.dataset import read_dataset_manifest
 
     with user_errors():
-        cfg = load_config(preset, overrides or ()).cfg
+        overrides = list(overrides or ())
+        if (path / "manifest.json").is_file() and (path / "features.parquet").is_file():
+            # A dataset's labels fix the horizons the purge must cover, whatever the config says.
+            horizons = read_dataset_manifest(path)["horizons"]
+            overrides.append(f"data.horizons=[{','.join(map(str, horizons))}]")
+        cfg = load_config(preset, overrides).cfg
         calendar = trading_calendar(path)
         folds = splits_from_config(calendar, cfg)
 

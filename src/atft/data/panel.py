@@ -61,7 +61,7 @@ class DayPanel:
     - ``x``          float32 [S, D, F], C-contiguous; NaN where the stock has no row or the feature is null
     - ``y``          float32 [S, D, H]; NaN where the label is null
     - ``label_end``  int32 [S, D, H]: calendar index of the close that ends each label window
-      (-1 where null; ``D`` or more when it lies past the calendar)
+      (-1 where null)
     - ``dates``      datetime64[D] [D], sorted;  ``codes`` str [S]
     - ``stock_id``, ``sector_id``  int32 [S] (sector 0 = unknown)
     - ``x_tensor``   ``torch.from_numpy(x)``: the same memory, for zero-copy slicing

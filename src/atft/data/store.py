@@ -97,7 +97,7 @@ def write_store(
     is complete.
     """
     out = Path(out)
-    check_target(out, overwrite=overwrite)
+    check_target(out, overwrite=overwrite, kind=manifest.get("kind"))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out)
@@ -125,12 +125,14 @@ def write_store(
     return out
 
 
-def check_target(out: str | Path, *, overwrite: bool) -> None:
+def check_target(out: str | Path, *, overwrite: bool, kind: str | None = None) -> None:
     """Fail early unless ``out`` may be written: absent, or (with ``overwrite``) an empty folder or a store.
 
     ``--overwrite`` never replaces a folder that is not an ATFT store: a mistyped ``--out`` must not
     delete someone's files. Only files the store itself writes (``manifest.json`` and ``<table>.parquet``
-    for the tables its manifest lists) count as the store's; anything else blocks the overwrite.
+    for the tables its manifest lists) count as the store's; anything else blocks the overwrite. With
+    ``kind`` (the manifest kind about to be written), a dataset never replaces a raw store, nor a raw
+    store a dataset: ``build --out`` pointing at its own ``--raw`` would destroy the input.
     """
     out = Path(out)
     if out.is_symlink():
@@ -161,6 +163,25 @@ def check_target(out: str | Path, *, overwrite: bool) -> None:
             f"refusing to replace {out}: besides the store it holds {', '.join(foreign[:5])}"
             f"{' ...' if len(foreign) > 5 else ''}, which --overwrite would delete; move them first"
         )
+    existing = _manifest_kind(out / MANIFEST)
+    if kind is not None and existing is not None and _family(existing) != _family(kind):
+        raise StoreError(
+            f"refusing to replace {out}: it is a {_family(existing)}, and this would write a {_family(kind)} "
+            "over it; choose another output folder"
+        )
+
+
+def _family(kind: str) -> str:
+    return "dataset" if kind == "dataset" else "raw store"
+
+
+def _manifest_kind(path: Path) -> str | None:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _check_parent_writable(out: Path) -> None:

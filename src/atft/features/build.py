@@ -46,8 +46,6 @@ SECTOR_COLUMN = {"sector17": "sector17_name", "sector33": "sector33_name"}
 STOCK_CHUNK = 500
 # Columns reordered per pass (``_date_major``): parallel across columns, bounded in memory.
 REORDER_BATCH = 16
-# Columns normalized per pass: bounds the per-date statistics joined onto the panel at once.
-NORMALIZE_CHUNK = 16
 
 Progress = Callable[[str], None]
 
@@ -112,14 +110,25 @@ def _date_major(panel: pl.DataFrame) -> pl.DataFrame:
     return panel
 
 
-def sector_of(listed_info: pl.DataFrame, level: str) -> pl.DataFrame:
-    """code -> sector name at the configured level (``data.sector_level``)."""
-    column = SECTOR_COLUMN[level]
-    if listed_info[column].null_count() == listed_info.height:
-        raise StoreError(
-            f"listed_info has no {column} for any stock; set data.sector_level to a level the store has"
-        )
-    return listed_info.select("code", sector=pl.col(column))
+def sector_of(listed_info: pl.DataFrame, level: str) -> tuple[pl.DataFrame, str]:
+    """code -> sector name at the configured level (``data.sector_level``), and the column it came from.
+
+    A store imported from a table with a single sector column has only ``sector``: it is used, and the
+    manifest says so.
+    """
+    for column in (SECTOR_COLUMN[level], "sector"):
+        if column in listed_info.columns and listed_info[column].null_count() < listed_info.height:
+            return listed_info.select("code", sector=pl.col(column)), column
+    raise StoreError(
+        f"listed_info has no {SECTOR_COLUMN[level]} (nor a sector column) for any stock; "
+        "set data.sector_level to a level the store has"
+    )
+
+
+def _require_columns(frame: pl.DataFrame, columns: tuple[str, ...], where: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise StoreError(f"{where} lacks column(s) {', '.join(missing)}; it has {', '.join(frame.columns)}")
 
 
 def compute_features(
@@ -139,13 +148,13 @@ def compute_features(
     """
     say = progress or (lambda _stage: None)
     market = market_features(index)
-    groups = {g: list(exprs) for g, exprs in _stock_feature_exprs().items()}
+    exprs = _stock_feature_exprs()
+    groups = {g: list(names) for g, names in exprs.items()}
     groups["market"] = [c for c in market.columns if c != "date"]
 
     say("per-stock features")
     panel = prices.join(market, on="date", how="left", maintain_order="left")
     codes = panel["code"].unique(maintain_order=True)
-    exprs = _stock_feature_exprs()
     # A few hundred stocks at a time: bounds the float64 intermediates of ~60 features on a 10M-row panel.
     chunks = [
         _per_stock(panel.filter(pl.col("code").is_in(codes.slice(start, STOCK_CHUNK).implode())), exprs)
@@ -166,10 +175,8 @@ def compute_features(
     groups["ranks"] = [f"rank_{n}" for n in RANKED]
     panel = panel.with_columns(*[cs_rank(pl.col(n)).cast(pl.Float32).alias(f"rank_{n}") for n in RANKED])
     normalized = [n for g in NORMALIZED_GROUPS for n in groups[g] if n not in RAW_EXCESS]
-    if normalization is None:  # raw values: for inspection and for the reference tests
-        normalized = []
-    for start in range(0, len(normalized), NORMALIZE_CHUNK):
-        panel = normalize_per_date(panel, normalized[start : start + NORMALIZE_CHUNK], normalization, clip)
+    if normalization is not None:  # None: raw values, for inspection and for the reference tests
+        panel = normalize_per_date(panel, normalized, normalization, clip)
     flags = [pl.col("row_in_stock").ge(w).alias(f"is_valid_{w}d") for w in VALIDITY_WINDOWS]
     order = [n for names in groups.values() for n in names]
     return panel.select(
@@ -184,29 +191,44 @@ def schema_hash(features: pl.DataFrame, labels: pl.DataFrame) -> str:
 
 
 def exclusion_reasons(
-    panel: pl.DataFrame, labels: pl.DataFrame, groups: dict[str, list[str]], targets: list[str]
+    panel: pl.DataFrame,
+    labels: pl.DataFrame,
+    groups: dict[str, list[str]],
+    targets: list[str],
+    index_dates: pl.Series,
 ) -> dict[str, Any]:
-    """Rows that can never be a training sample, each counted under its first reason.
+    """Rows that can never be a sample (a null model feature, or no label), each under its first reason.
 
     ``panel`` holds the features, the validity flags and ``sector``; ``labels`` the same rows' labels.
+    For the rows left under ``null_feature``, ``null_feature_by_feature`` counts which features are null.
     """
     model = [n for names in groups.values() for n in names]
-    other = [n for n in model if n not in groups["market"] and not n.startswith("sector")]
+    any_null = pl.any_horizontal(pl.col(model).is_null())
     reasons = {
         "warmup": ~pl.col(f"is_valid_{WARMUP_DAYS}d"),
-        "no_market_data": pl.any_horizontal(pl.col(groups["market"]).is_null()),
+        "no_index_date": ~pl.col("date").is_in(index_dates.implode()),
+        "market_warmup": pl.any_horizontal(pl.col(groups["market"]).is_null()),
         "no_sector": pl.col("sector").is_null(),
-        "null_feature": pl.any_horizontal(pl.col(other + groups["sector"]).is_null()),
-        "no_label": pl.all_horizontal(pl.col(targets).is_null()),
+        "alone_in_sector": pl.any_horizontal(pl.col(groups["sector"]).is_null()),
+        "null_feature": any_null,
     }
-    frame = panel.select("sector", *model, f"is_valid_{WARMUP_DAYS}d").with_columns(labels.select(targets))
-    first = pl.lit(None, pl.String)
+    frame = panel.select("date", "sector", *model, f"is_valid_{WARMUP_DAYS}d").with_columns(
+        labels.select(targets)
+    )
+    first = pl.when(pl.all_horizontal(pl.col(targets).is_null()) & ~any_null).then(pl.lit("no_label"))
     for name, cond in reversed(reasons.items()):
-        first = pl.when(cond).then(pl.lit(name)).otherwise(first)
-    counts = frame.select(first.alias("reason"))["reason"].value_counts()
-    by_reason = {name: 0 for name in reasons}
-    by_reason.update({r: int(n) for r, n in counts.iter_rows() if r is not None})
-    return {"total": sum(by_reason.values()), "reasons": by_reason}
+        first = pl.when(any_null & cond).then(pl.lit(name)).otherwise(first)
+    frame = frame.with_columns(first.alias("reason"))
+    counts = dict(frame["reason"].value_counts().drop_nulls().iter_rows())
+    by_reason = {name: int(counts.get(name, 0)) for name in [*reasons, "no_label"]}
+    other = (
+        frame.filter(pl.col("reason") == "null_feature").select(pl.col(model).null_count()).row(0, named=True)
+    )
+    return {
+        "total": sum(by_reason.values()),
+        "reasons": by_reason,
+        "null_feature_by_feature": {n: int(k) for n, k in sorted(other.items(), key=lambda kv: -kv[1]) if k},
+    }
 
 
 def build_dataset(
@@ -228,13 +250,22 @@ def build_dataset(
     store = RawStore.read(raw_dir, oracle=False)  # the oracle is only copied: read it when writing
     if store.index is None or store.index.height == 0:
         raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
+    for table, frame, columns in (
+        ("prices", store.prices, ("date", "code", "open", "high", "low", "close", "volume")),
+        ("index", store.index, ("date", "close")),
+        ("listed_info", store.listed_info, ("code",)),
+    ):
+        _require_columns(frame, columns, f"{Path(raw_dir) / table}.parquet")
     horizons = list(cfg.data.horizons)
-    prices = store.prices.sort("code", "date").join(
-        sector_of(store.listed_info, cfg.data.sector_level), on="code", how="left", maintain_order="left"
+    sectors, sector_column = sector_of(store.listed_info, cfg.data.sector_level)
+    prices = (
+        store.prices.select("date", "code", "open", "high", "low", "close", "volume")
+        .sort("code", "date")
+        .join(sectors, on="code", how="left", maintain_order="left")
     )
     closes = prices.select("date", "code", "sector", "close")
     panel, groups = compute_features(
-        prices.drop("turnover"),
+        prices,
         store.index,
         normalization=cfg.features.normalization,
         clip=cfg.features.clip,
@@ -254,7 +285,8 @@ def build_dataset(
         )
     )
     names = label_names(horizons)
-    excluded = exclusion_reasons(panel, labels, groups, names["target"])
+    say("counting rows that can never be a sample")
+    excluded = exclusion_reasons(panel, labels, groups, names["target"], store.index["date"])
     flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
     features = panel.select("date", "code", *[n for names in groups.values() for n in names], *flags)
     del panel
@@ -287,6 +319,7 @@ def build_dataset(
         "horizons": horizons,
         "warmup_days": WARMUP_DAYS,
         "sector_level": cfg.data.sector_level,
+        "sector_column": sector_column,
         "normalization": {
             "method": cfg.features.normalization,
             "clip": cfg.features.clip,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -73,7 +74,7 @@ def check_dataset(
     """Check the features (rows where ``warm`` is True, i.e. past the warmup) and the labels.
 
     ``target_columns`` maps each horizon to its label column. ``features`` and ``labels`` have the same
-    rows in the same order (sorted by code, date).
+    rows in the same order (sorted by date, code).
     """
     report = GuardReport()
     post = features.filter(warm)
@@ -88,7 +89,13 @@ def check_dataset(
     )
     for name, rate in nulls.items():
         if rate > max_null_rate:
-            report.problems.append(f"{name} is null on {rate:.0%} of rows after the warmup")
+            hint = (
+                " (stocks alone in their sector have no sector peers: use a coarser data.sector_level or a "
+                "larger universe)"
+                if name.startswith(("sector_", "rel_sector_"))
+                else ""
+            )
+            report.problems.append(f"{name} is null on {rate:.0%} of rows after the warmup{hint}")
 
     shares = _degenerate_date_share(post, stock_features)
     for name, (share, n_dates) in shares.items():
@@ -98,8 +105,9 @@ def check_dataset(
             zero = post.select(pl.col(name).abs().max() == 0).item()
             what = "all zero" if zero else "constant across stocks"
             report.problems.append(
-                f"{name} is {what} on {share:.0%} of {n_dates} dates (a cross-sectional feature computed per "
-                "stock gives exactly this)"
+                f"{name} is {what} on {share:.0%} of {n_dates} dates: it cannot rank stocks (a per-stock "
+                "z-score, the previous system's bug, makes a feature exactly this; so does a one-sector universe "
+                "for sector features)"
             )
     if market_features:
         stds = post.select(pl.col(market_features).std()).row(0, named=True)
@@ -128,12 +136,15 @@ def check_dataset(
     return report
 
 
-def guard_dataset(
-    dataset_dir: str | Path, *, max_degenerate_date_frac: float = 0.5, max_null_rate: float = 0.5
-) -> GuardReport:
-    """Run the guard on a dataset folder written by ``atft data build``: the check before any training."""
+def guard_dataset(dataset_dir: str | Path, cfg: Any = None) -> GuardReport:
+    """Run the guard on a dataset folder written by ``atft data build``: the check before any training.
+
+    Thresholds come from ``cfg.features.guard`` (the resolved config), or the schema defaults.
+    """
+    from atft.config.schema import GuardConfig
     from atft.features.dataset import read_dataset_manifest
 
+    limits = cfg.features.guard if cfg is not None else GuardConfig()
     root = Path(dataset_dir)
     manifest = read_dataset_manifest(root)
     market = list(manifest["features"]["market"])
@@ -151,6 +162,6 @@ def guard_dataset(
         market_features=market,
         target_columns=targets,
         warm=features[warmup_flag],
-        max_degenerate_date_frac=max_degenerate_date_frac,
-        max_null_rate=max_null_rate,
+        max_degenerate_date_frac=limits.max_degenerate_date_frac,
+        max_null_rate=limits.max_null_rate,
     )

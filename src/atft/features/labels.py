@@ -35,6 +35,9 @@ def build_labels(panel: pl.DataFrame, index: pl.DataFrame, horizons: list[int]) 
       lacks either date);
     - ``target_{h}d_sector_resid``: minus the mean label of the stock's sector on date t;
     - ``target_{h}d_rank``: percentile rank of the label among the date's labelled stocks.
+
+    The last two use only labels that end on the calendar's h-th next day (null for a stock whose
+    missing rows push its label end later), so no variant reads past the label window it is masked by.
     """
     names = label_names(horizons)
     idx_close = index.select("date", idx_close=pl.col("close"))
@@ -65,15 +68,25 @@ def build_labels(panel: pl.DataFrame, index: pl.DataFrame, horizons: list[int]) 
             )
             .drop("idx_close_end")
         )
+    # The cross-sectional variants mix several stocks' labels, so each may only use labels that end
+    # when the calendar's h-th next day closes: a stock with missing rows ends later, and its label
+    # would carry information from past a segment's end into its peers' ranks and residuals.
+    calendar = out.select(pl.col("date").unique().sort())
+    calendar = calendar.with_columns(
+        *[pl.col("date").shift(-h).alias(f"_calendar_end_{h}") for h in horizons]
+    )
+    out = out.sort("date", "code").join(calendar, on="date", how="left", maintain_order="left")
     in_sector = pl.col("sector").is_not_null()
-    out = out.sort("date", "code").with_columns(
+    on_time = {
+        t: pl.when(pl.col(f"label_end_{h}d") == pl.col(f"_calendar_end_{h}")).then(pl.col(t))
+        for h, t in zip(horizons, names["target"], strict=True)
+    }
+    out = out.with_columns(
         *[
-            pl.when(in_sector)
-            .then(pl.col(t) - pl.col(t).mean().over("date", "sector"))
-            .alias(f"{t}_sector_resid")
-            for t in names["target"]
+            pl.when(in_sector).then(x - x.mean().over("date", "sector")).alias(f"{t}_sector_resid")
+            for t, x in on_time.items()
         ],
-        *[cs_rank(pl.col(t)).alias(f"{t}_rank") for t in names["target"]],
+        *[cs_rank(x).alias(f"{t}_rank") for t, x in on_time.items()],
     )
     float_cols = names["target"] + names["excess"] + names["sector_resid"] + names["rank"]
     return out.select(

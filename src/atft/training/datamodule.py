@@ -172,6 +172,25 @@ def _concat_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return first.new_empty(0).set_(storage, first.storage_offset(), (rows, *first.shape[1:]))
 
 
+def _check_disjoint(ranges: dict[str, DateRange | None]) -> None:
+    """Refuse segments that share a day: a day used to train must never also judge the model."""
+    lo, hi = np.datetime64("0001-01-01", "D"), np.datetime64("9999-12-31", "D")
+    spans = {
+        name: (lo if span[0] is None else _day(span[0]), hi if span[1] is None else _day(span[1]))
+        for name, span in ranges.items()
+        if span is not None
+    }
+    names = list(spans)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            if a0 <= b1 and b0 <= a1:
+                raise ValueError(
+                    f"the {a} range {ranges[a]} and the {b} range {ranges[b]} overlap: a day may belong to one "
+                    "segment only (atft.data.splits gives purged, disjoint segments)"
+                )
+
+
 class DayDataModule(L.LightningDataModule):
     """Train / valid / test day loaders over one panel, loaded once.
 
@@ -201,6 +220,7 @@ class DayDataModule(L.LightningDataModule):
         self.dataset_dir = None if self.panel is not None else Path(dataset_dir)
         self.lookback, self.days_per_batch, self.min_stocks = lookback, days_per_batch, min_stocks
         self.ranges = {"train": train, "valid": valid, "test": test}
+        _check_disjoint(self.ranges)
         self.num_workers, self.seed = num_workers, seed
         self.features, self.labels = features, labels
         self.datasets: dict[str, DayDataset] = {}
