@@ -373,3 +373,21 @@ def test_splits_of_a_dataset_use_its_horizons(built, tmp_path):
     )
     result = runner.invoke(app, ["data", "splits", str(out), "data.split.train_days=50"])
     assert result.exit_code == 2 and "longest label horizon (60 trading days" in result.output
+
+
+def test_a_zero_volume_day_is_counted_with_the_features_it_voids(built, tmp_path):
+    raw, _, manifest = built
+    tables = {t: pl.read_parquet(raw / f"{t}.parquet") for t in ("prices", "index", "listed_info")}
+    halted = (pl.col("code") == "1000") & (pl.col("date") == pl.date(2016, 3, 15))
+    tables["prices"] = tables["prices"].with_columns(
+        volume=pl.when(halted).then(0.0).otherwise(pl.col("volume"))
+    )
+    write_store(tmp_path / "raw", tables, {"kind": "imported"})
+    rebuilt = build_dataset(tmp_path / "raw", tmp_path / "d", load_config().cfg)
+    by_feature = rebuilt["excluded_rows"]["null_feature_by_feature"]
+    # value traded is null that day (not log 0), and so are the 20-day averages that include it
+    assert by_feature["amihud_20d"] == by_feature["log_dollar_volume_20d"] == 20
+    assert rebuilt["excluded_rows"]["reasons"]["null_feature"] == 20
+    assert rebuilt["rows"] == manifest["rows"]  # nothing dropped
+    info = runner.invoke(app, ["data", "info", str(tmp_path / "d")])
+    assert "null_feature rows by feature: " in info.output and "amihud_20d 20" in info.output

@@ -57,6 +57,13 @@ def dataset_tables(manifest: dict[str, Any], cell) -> list[Table | Text]:
             table.add_row(cell(reason), cell(n))
         table.add_row(Text("total", style="bold"), cell(excluded.get("total", "?")))
         out.append(table)
+        by_feature = excluded.get("null_feature_by_feature")
+        if isinstance(by_feature, dict) and by_feature:
+            shown = ", ".join(
+                f"{name} {n:,}" if isinstance(n, int) else f"{name} {n}"
+                for name, n in list(by_feature.items())[:8]
+            )
+            out.append(Text(f"null_feature rows by feature: {shown}"))
 
     guard = manifest.get("guard")
     if isinstance(guard, dict):
