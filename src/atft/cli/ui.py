@@ -121,7 +121,7 @@ def _number(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def _files_table(manifest: dict[str, Any]) -> list[Table]:
+def _files_table(manifest: dict[str, Any]) -> Table:
     files = Table(title="Tables")
     files.add_column("table")
     files.add_column("rows", justify="right")
@@ -134,7 +134,7 @@ def _files_table(manifest: dict[str, Any]) -> list[Table]:
             _cell(info.get("rows", "?")),
             _cell(", ".join(map(str, columns)) if isinstance(columns, list) else columns, limit=10_000),
         )
-    return [files]
+    return files
 
 
 def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
@@ -144,7 +144,7 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
     crashing: ``atft data info`` is the tool one reaches for when a store looks wrong.
     """
     if manifest.get("kind") == "dataset":
-        return [*dataset_tables(manifest, _cell), *_files_table(manifest)]
+        return [*dataset_tables(manifest, _cell), _files_table(manifest)]
     overview = Table(title="Store", show_header=False)
     keys = (
         "kind",
@@ -162,7 +162,7 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
     for key in keys:
         if key in manifest:
             overview.add_row(key, _cell(manifest[key]))
-    out: list[Table | Text] = [overview, *_files_table(manifest)]
+    out: list[Table | Text] = [overview, _files_table(manifest)]
     oracle_ic = manifest.get("oracle_rank_ic")
     if isinstance(oracle_ic, dict) and oracle_ic:
         oracle = Table(title="Oracle: mean daily RankIC vs realized forward return")

@@ -64,6 +64,12 @@ TABLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "index": INDEX_SCHEMA,
     "listed_info": LISTED_INFO_SCHEMA,
 }
+# What every reader relies on; the other canonical columns (turnover, names, sector levels) may be absent.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "prices": ("date", "code", "open", "high", "low", "close", "volume"),
+    "index": ("date", "close"),
+    "listed_info": ("code",),
+}
 HORIZONS: tuple[int, ...] = (1, 5, 10, 20)
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # table names are file stems; no paths, no dots
 
@@ -157,31 +163,23 @@ def check_target(out: str | Path, *, overwrite: bool, kind: str | None = None) -
             f"refusing to replace {out}: it is not an ATFT store (no {MANIFEST}); "
             "remove it yourself or choose another output folder"
         )
-    foreign = sorted(entries - {MANIFEST} - _manifest_table_files(out / MANIFEST))
+    existing = _peek_manifest(out / MANIFEST)
+    foreign = sorted(entries - {MANIFEST} - _manifest_table_files(existing))
     if foreign:
         raise StoreError(
             f"refusing to replace {out}: besides the store it holds {', '.join(foreign[:5])}"
             f"{' ...' if len(foreign) > 5 else ''}, which --overwrite would delete; move them first"
         )
-    existing = _manifest_kind(out / MANIFEST)
-    if kind is not None and existing is not None and _family(existing) != _family(kind):
+    existing_kind = existing.get("kind")
+    if kind is not None and isinstance(existing_kind, str) and _family(existing_kind) != _family(kind):
         raise StoreError(
-            f"refusing to replace {out}: it is a {_family(existing)}, and this would write a {_family(kind)} "
-            "over it; choose another output folder"
+            f"refusing to replace {out}: it is a {_family(existing_kind)}, and this would write a "
+            f"{_family(kind)} over it; choose another output folder"
         )
 
 
 def _family(kind: str) -> str:
     return "dataset" if kind == "dataset" else "raw store"
-
-
-def _manifest_kind(path: Path) -> str | None:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    kind = manifest.get("kind") if isinstance(manifest, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _check_parent_writable(out: Path) -> None:
@@ -196,13 +194,21 @@ def _check_parent_writable(out: Path) -> None:
         raise StoreError(f"cannot write {out}: no permission to create files in {ancestor}")
 
 
-def _manifest_table_files(manifest_path: Path) -> set[str]:
-    """The ``<table>.parquet`` names a manifest lists; names of any other shape are not trusted."""
+def _peek_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path`` as a dict, or {} when it cannot be read: the overwrite checks trust nothing."""
     try:
-        tables = json.loads(manifest_path.read_text(encoding="utf-8")).get("tables", {})
-        return {f"{name}.parquet" for name in tables if isinstance(name, str) and _TABLE_NAME.match(name)}
-    except (ValueError, AttributeError, OSError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _manifest_table_files(manifest: dict[str, Any]) -> set[str]:
+    """The ``<table>.parquet`` names a manifest lists; names of any other shape are not trusted."""
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict):
         return set()
+    return {f"{name}.parquet" for name in tables if isinstance(name, str) and _TABLE_NAME.match(name)}
 
 
 def _umask() -> int:
@@ -319,7 +325,11 @@ class RawStore:
                 if required:
                     raise StoreError(f"{path} is missing {f.name}")
                 return None
-            return pl.read_parquet(f, glob=False)
+            df = pl.read_parquet(f, glob=False)
+            missing = [c for c in REQUIRED_COLUMNS.get(name, ()) if c not in df.columns]
+            if missing:
+                raise StoreError(f"{f} lacks column(s) {', '.join(missing)}; it has {', '.join(df.columns)}")
+            return df
 
         return cls(
             path=path,

@@ -125,12 +125,6 @@ def sector_of(listed_info: pl.DataFrame, level: str) -> tuple[pl.DataFrame, str]
     )
 
 
-def _require_columns(frame: pl.DataFrame, columns: tuple[str, ...], where: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise StoreError(f"{where} lacks column(s) {', '.join(missing)}; it has {', '.join(frame.columns)}")
-
-
 def compute_features(
     prices: pl.DataFrame,
     index: pl.DataFrame,
@@ -250,12 +244,6 @@ def build_dataset(
     store = RawStore.read(raw_dir, oracle=False)  # the oracle is only copied: read it when writing
     if store.index is None or store.index.height == 0:
         raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
-    for table, frame, columns in (
-        ("prices", store.prices, ("date", "code", "open", "high", "low", "close", "volume")),
-        ("index", store.index, ("date", "close")),
-        ("listed_info", store.listed_info, ("code",)),
-    ):
-        _require_columns(frame, columns, f"{Path(raw_dir) / table}.parquet")
     horizons = list(cfg.data.horizons)
     sectors, sector_column = sector_of(store.listed_info, cfg.data.sector_level)
     prices = (
@@ -285,30 +273,27 @@ def build_dataset(
         )
     )
     names = label_names(horizons)
+    model_features = [n for group in groups.values() for n in group]
     say("counting rows that can never be a sample")
     excluded = exclusion_reasons(panel, labels, groups, names["target"], store.index["date"])
     flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
-    features = panel.select("date", "code", *[n for names in groups.values() for n in names], *flags)
+    features = panel.select("date", "code", *model_features, *flags)
     del panel
 
     say("guard")
-    warm = features[f"is_valid_{WARMUP_DAYS}d"]
     report: GuardReport = check_dataset(
         features,
         labels,
-        stock_features=[n for g, names_ in groups.items() if g != "market" for n in names_],
+        stock_features=[n for n in model_features if n not in groups["market"]],
         market_features=groups["market"],
         target_columns=dict(zip(horizons, names["target"], strict=True)),
-        warm=warm,
+        warm=features[f"is_valid_{WARMUP_DAYS}d"],
         max_degenerate_date_frac=cfg.features.guard.max_degenerate_date_frac,
         max_null_rate=cfg.features.guard.max_null_rate,
     )
     report.raise_if_failed()
 
     say("writing the dataset")
-    model_features = [n for names_ in groups.values() for n in names_]
-    post = features.filter(warm)
-    null_rate = post.select(pl.col(model_features).null_count() / max(post.height, 1)).row(0, named=True)
     manifest = {
         "kind": "dataset",
         "source": {
@@ -334,7 +319,9 @@ def build_dataset(
         "n_dates": features["date"].n_unique(),
         "n_stocks": stocks.height,
         "rows": features.height,
-        "null_rate_after_warmup": {k: round(float(v), 6) for k, v in null_rate.items()},
+        "null_rate_after_warmup": {
+            n: round(float(report.null_rate_after_warmup[n]), 6) for n in model_features
+        },
         "excluded_rows": excluded,
         "guard": report.as_dict(),
     }

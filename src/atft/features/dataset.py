@@ -8,13 +8,12 @@ Labels (``target_*``, ``label_end_*``) hold the future by construction and the s
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any
 
+from atft.data.store import StoreError, read_manifest
 from atft.features.labels import LABEL_PREFIXES
 
-MANIFEST = "manifest.json"
 FORBIDDEN_PREFIXES = (*LABEL_PREFIXES, "oracle_")
 
 
@@ -23,18 +22,15 @@ class DatasetError(ValueError):
 
 
 def read_dataset_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a dataset folder written by ``atft data build``."""
-    file = Path(path) / MANIFEST
+    """The manifest of a dataset folder written by ``atft data build`` (checked as any store's is)."""
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        manifest = read_manifest(path)
+    except StoreError as e:
+        raise DatasetError(f"{e} (a dataset is made by `atft data build`)") from e
+    if manifest.get("kind") != "dataset":
         raise DatasetError(
-            f"{path} is not a dataset: {MANIFEST} is missing (make one with `atft data build`)"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("kind") != "dataset":
-        raise DatasetError(f'{file} is not a dataset manifest (no "kind": "dataset"); is {path} a raw store?')
+            f"{path} is not a dataset (its manifest says kind {manifest.get('kind')!r}); is it a raw store?"
+        )
     return manifest
 
 

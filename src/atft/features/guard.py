@@ -31,6 +31,8 @@ class GuardReport:
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Share of null values per feature over the rows past the warmup (the manifest reports it too).
+    null_rate_after_warmup: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -50,9 +52,8 @@ def _degenerate_date_share(frame: pl.DataFrame, columns: list[str]) -> dict[str,
     """Per column: share of dates (with at least 2 values) on which it is constant, and how many such dates."""
     per_date = frame.group_by("date").agg(
         *[(pl.col(c).std() == 0).alias(c) for c in columns],
+        *[pl.col(c).count().alias(f"{c}__n") for c in columns],
     )
-    counts = frame.group_by("date").agg(*[pl.col(c).count().alias(c) for c in columns])
-    per_date = per_date.join(counts, on="date", suffix="__n")
     out = {}
     for c in columns:
         usable = per_date.filter(pl.col(f"{c}__n") >= 2)
@@ -87,6 +88,7 @@ def check_dataset(
     nulls = post.select(pl.col(stock_features + market_features).null_count() / post.height).row(
         0, named=True
     )
+    report.null_rate_after_warmup = nulls
     for name, rate in nulls.items():
         if rate > max_null_rate:
             hint = (
