@@ -149,6 +149,8 @@ class GraphConfig:
     # Ledoit-Wolf style shrinkage of the correlation matrix towards the identity.
     shrinkage: float = field(default=0.1, metadata={"ge": 0.0, "le": 1.0})
     ewm_halflife: float = field(default=20.0, metadata={"gt": 0.0})
+    # The dataset feature whose trailing values the correlations are computed from (known at each date).
+    return_feature: str = "ret_1d"
 
 
 @dataclass
@@ -315,6 +317,8 @@ class LossConfig:
     scale_floor: float = field(default=0.5, metadata={"ge": 0.0, "le": 1.0})
     # Softness of the differentiable rank used by the RankIC term.
     rankic_temperature: float = field(default=0.1, metadata={"gt": 0.0})
+    # Stock pairs sampled per day and horizon by the RankNet term.
+    ranknet_pairs: int = field(default=1024, metadata={"ge": 1})
 
 
 # --------------------------------------------------------------------------------------------------
