@@ -357,7 +357,10 @@ def test_datamodule_loaders_iterate_in_the_right_order(dataset):
     module.setup()
     train, valid, test = module.train_dataloader(), module.val_dataloader(), module.test_dataloader()
     train_days = loader_days(train)  # the first epoch
+    assert loader_days(train) == train_days  # the order is a function of (seed, epoch) alone
+    train.sampler.set_epoch(1)  # as Lightning does before each epoch
     assert loader_days(train) != train_days  # each epoch draws a new order
+    train.sampler.set_epoch(0)
     for loader in (train, valid, test):
         for batch in loader:
             assert batch["x"].shape[1:] == (L, 3) and len(batch["dates"]) <= 3

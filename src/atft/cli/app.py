@@ -7,6 +7,7 @@ import typer
 from atft.cli import config as config_cli
 from atft.cli import data as data_cli
 from atft.cli.demo import demo
+from atft.cli.train import train
 
 app = typer.Typer(
     help="ATFT: learn to rank stocks at 1, 5, 10 and 20 days, and measure it honestly.",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(config_cli.app, name="config")
+app.command()(train)
 app.command(help="Run the main job on the built-in synthetic market and print where the results are.")(demo)
 
 

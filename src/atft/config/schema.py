@@ -271,6 +271,8 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     runs_dir: str = "runs"
+    # DataLoader worker processes; 0 loads days in the training process (best on 2 cores).
+    num_workers: int = field(default=0, metadata={"ge": 0})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,20 +11,21 @@ that the tensor is finite; they are not labels and must never enter a loss or a 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from atft.data.panel import DayPanel, empty_float32
 from atft.data.splits import Split
 
 DateLike = str | dt.date | np.datetime64
 DateRange = tuple[DateLike | None, DateLike | None]
+DayGraph = Callable[[int, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _day(value: DateLike) -> np.datetime64:
@@ -39,6 +40,8 @@ class DayDataset(Dataset):
     features are the past, only labels can leak.
 
     ``exclude`` lists dates to leave out (the embargo blocks of a walk-forward fold).
+    ``graph(day, stocks)`` (e.g. ``atft.models.graph.DayGraphBuilder``), when given, adds the day's stock graph
+    to each sample: ``edge_index`` [2, E] in the day's own row numbers and ``edge_attr`` [E, A].
     ``label_cutoff`` (a calendar index or a date) masks out every label whose window ends after it, even
     when the stock has missing rows, so no training label can look past the end of the training segment.
     Masked labels among the stocks with a full window are counted in ``masked_labels``; days dropped are
@@ -55,8 +58,10 @@ class DayDataset(Dataset):
         min_stocks: int = 20,
         label_cutoff: int | DateLike | None = None,
         exclude: np.ndarray | None = None,
+        graph: DayGraph | None = None,
     ) -> None:
         self.panel, self.lookback, self.min_stocks = panel, lookback, min_stocks
+        self.graph = graph
         first = 0 if start is None else int(np.searchsorted(panel.dates, _day(start), side="left"))
         stop = len(panel.dates) if end is None else int(np.searchsorted(panel.dates, _day(end), side="right"))
         days = np.arange(first, stop)
@@ -121,7 +126,7 @@ class DayDataset(Dataset):
         stocks = self.stock_idx[self.day_ptr[i] : self.day_ptr[i + 1]]  # [N]
         y_mask = self.label_mask[i][stocks]  # [N, H]
         y = np.where(y_mask, self.panel.y[stocks, day], np.float32(0))  # [N, H], 0 where masked
-        return {
+        item = {
             "x": self.panel.windows_for_day(day, torch.from_numpy(stocks), self.lookback, out=out),
             "y": torch.from_numpy(y),
             "y_mask": torch.from_numpy(y_mask),
@@ -130,6 +135,16 @@ class DayDataset(Dataset):
             "date": str(self.panel.dates[day]),
             "day_index": day,
         }
+        if self.graph is not None:
+            item["edge_index"], item["edge_attr"] = self.graph(day, stocks)
+        return item
+
+    def label_std(self) -> np.ndarray:
+        """Std of each label over this dataset's samples (masked labels left out): [H], NaN without labels."""
+        days = np.repeat(self.day_index, np.diff(self.day_ptr))  # [sum N]
+        y = self.panel.y[self.stock_idx, days]  # [sum N, H]
+        mask = self.label_mask[np.repeat(np.arange(len(self)), np.diff(self.day_ptr)), self.stock_idx]
+        return np.array([np.std(y[mask[:, j], j]) if mask[:, j].any() else np.nan for j in range(y.shape[1])])
 
     def summary(self) -> dict[str, Any]:
         """Counts for the CLI and the run manifest."""
@@ -156,6 +171,11 @@ def collate_days(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch["day_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
     batch["dates"] = [item["date"] for item in items]
     batch["day_index"] = torch.tensor([item["day_index"] for item in items], dtype=torch.long)
+    if "edge_index" in items[0]:
+        # each day's graph numbers its own rows from 0: shift them to the day's rows in the batch
+        offsets = batch["day_ptr"][:-1]
+        batch["edge_index"] = torch.cat([item["edge_index"] + o for item, o in zip(items, offsets, strict=True)], 1)
+        batch["edge_attr"] = torch.cat([item["edge_attr"] for item in items])
     return batch
 
 
@@ -170,6 +190,27 @@ def _concat_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
         offset += part.numel()
     rows = sum(len(part) for part in parts)
     return first.new_empty(0).set_(storage, first.storage_offset(), (rows, *first.shape[1:]))
+
+
+class EpochShuffle(Sampler[int]):
+    """Shuffles the days anew each epoch from ``seed`` and the epoch number alone.
+
+    Lightning calls ``set_epoch`` before each training epoch, so the order of epoch k is the same whether
+    a run went straight through or was interrupted and resumed from a checkpoint.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def _check_disjoint(ranges: dict[str, DateRange | None]) -> None:
@@ -194,7 +235,7 @@ def _check_disjoint(ranges: dict[str, DateRange | None]) -> None:
 class DayDataModule(L.LightningDataModule):
     """Train / valid / test day loaders over one panel, loaded once.
 
-    Training days are shuffled with a seeded generator; evaluation days come in date order. Each split masks
+    Training days are shuffled from (seed, epoch) (``EpochShuffle``); evaluation days come in date order. Each split masks
     labels whose window ends after its own last day (``label_cutoff``), so no label reaches past its segment.
     """
 
@@ -213,8 +254,10 @@ class DayDataModule(L.LightningDataModule):
         features: list[str] | None = None,
         labels: list[str] | None = None,
         train_exclude: np.ndarray | None = None,
+        graph: DayGraph | None = None,
     ) -> None:
         super().__init__()
+        self.graph = graph
         self.train_exclude = train_exclude
         self.panel = dataset_dir if isinstance(dataset_dir, DayPanel) else None
         self.dataset_dir = None if self.panel is not None else Path(dataset_dir)
@@ -249,6 +292,7 @@ class DayDataModule(L.LightningDataModule):
                     min_stocks=self.min_stocks,
                     label_cutoff=cutoff,
                     exclude=self.train_exclude if split == "train" else None,
+                    graph=self.graph,
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -256,12 +300,11 @@ class DayDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} split: give a {split}=(start, end) date range and call setup()")
         if len(self.datasets[split]) == 0:
             raise ValueError(f"the {split} split has no days: {self.datasets[split].summary()}")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.days_per_batch,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             collate_fn=collate_days,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -1,0 +1,309 @@
+"""ATFT-GAT-FAN: the flagship model, in the order that data flows through it.
+
+One day's cross-section of stock windows goes in; per-horizon point and quantile forecasts come out:
+
+    x [N, L, F]  ->  FAN  ->  variable selection  ->  LSTM + causal attention  ->  h [N, H]
+                                                                          |
+                               day graph (edge_index, edge_attr)  ->  GATv2  ->  g [N, H]
+                                                                          |
+                                     gated fusion  z = h + gate * rescale(g)  ->  heads  ->  forecasts
+
+N is the number of stock-windows in the batch (several days concatenated; the graph never links two days),
+L the lookback, F the features, H the hidden size. Every part has a switch so that it can be ablated:
+``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``head.variant``.
+
+The previous system gave every feature its own gated residual network inside the variable selection
+network (16.5M of its 20M parameters). Here each feature has its own *linear* embedding, and one shared
+network computes the per-feature selection weights: the weights stay per variable and interpretable, and
+the embedding of a whole time step is two matrix products (see ``VariableSelection``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATv2Conv
+
+EDGE_DIM = 3  # (corr, same_sector, same_market): see atft.models.graph
+
+
+def output_names(horizons: list[int], quantiles: list[float]) -> list[str]:
+    """The one naming scheme of model outputs: ``point_5d``, ``q05_5d``, ``q50_5d``, ... per horizon."""
+    return [f"point_{h}d" for h in horizons] + [
+        f"{quantile_name(q)}_{h}d" for h in horizons for q in quantiles
+    ]
+
+
+def quantile_name(q: float) -> str:
+    """0.05 -> ``q05``, 0.5 -> ``q50``, 0.975 -> ``q97.5``."""
+    pct = round(q * 100, 6)
+    return f"q{int(pct):02d}" if pct == int(pct) else f"q{pct:g}"
+
+
+class GatedResidualNetwork(nn.Module):
+    """TFT's GRN: a two-layer MLP whose output passes a GLU gate, added to a skip path, then LayerNorm."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, 2 * d_out)  # value and gate of the GLU
+        self.skip = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_out)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:  # [..., d_in] -> [..., d_out]
+        hidden = self.dropout(F.elu(self.fc1(a)))
+        return self.norm(self.skip(a) + F.glu(self.fc2(hidden), dim=-1))
+
+
+class FrequencyAdaptiveNorm(nn.Module):
+    """FAN: split each window's channels into their top-k frequency components and a residual.
+
+    The dominant frequencies (by amplitude over the lookback, per window and channel) carry the
+    non-stationary part: level, trend, slow cycles. The encoder sees the residual standardized over the
+    window, plus a learned projection of what was removed, so that no information is thrown away but
+    the shifting part enters through a path the model learns to scale.
+    """
+
+    def __init__(self, n_features: int, top_k: int, eps: float = 1e-2) -> None:
+        super().__init__()
+        self.top_k, self.eps = top_k, eps
+        self.removed_proj = nn.Linear(n_features, n_features)
+        with torch.no_grad():  # start as "residual + removed part", i.e. close to the raw input
+            self.removed_proj.weight.copy_(torch.eye(n_features))
+            self.removed_proj.bias.zero_()
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(main, residual) with main + residual == x; main holds the top-k frequencies of each channel."""
+        length = x.shape[1]
+        spectrum = torch.fft.rfft(x.float(), dim=1)  # [N, L//2+1, F] complex
+        k = min(self.top_k, spectrum.shape[1])
+        power = spectrum.real.square() + spectrum.imag.square()  # ranks like the amplitude, without a sqrt
+        top = power.topk(k, dim=1).indices  # [N, k, F]
+        keep = torch.zeros(spectrum.shape, dtype=torch.bool, device=x.device).scatter_(1, top, True)
+        main = torch.fft.irfft(spectrum * keep, n=length, dim=1)  # [N, L, F]
+        return main, x.float() - main
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, F]
+        main, residual = self.split(x)
+        centered = residual - residual.mean(1, keepdim=True)
+        std = (centered.square().mean(1, keepdim=True) + self.eps).sqrt()  # torch.var over dim 1 is 10x slower
+        return (centered / std + self.removed_proj(main)).to(x.dtype)
+
+
+class VariableSelection(nn.Module):
+    """Per-time-step feature weights, and the weighted sum of per-feature linear embeddings.
+
+    Feature f at a step has value x_f and embedding x_f * W_f + b_f (W_f, b_f in R^H). A shared GRN reads
+    the whole step and gives softmax weights a_f. The selected embedding
+
+        sum_f a_f (x_f W_f + b_f) = (a * x) @ W + a @ B          W, B: [F, H]
+
+    is two matrix products, never the [N, L, F, H] tensor of all embeddings. ``weights`` of the last call
+    are kept (detached) for interpretation.
+    """
+
+    def __init__(self, n_features: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(n_features, hidden) / math.sqrt(n_features))
+        self.B = nn.Parameter(torch.zeros(n_features, hidden))
+        # no dropout on the selector: its [N, L, F] masks cost more than the rest of the step's dropout
+        self.selector = GatedResidualNetwork(n_features, hidden, n_features, dropout=0.0)
+        self.post = GatedResidualNetwork(hidden, hidden, hidden, dropout)
+        self.weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, H]
+        a = torch.softmax(self.selector(x), dim=-1)  # [N, L, F]
+        self.weights = a.detach()
+        return self.post((a * x) @ self.W + a @ self.B)
+
+
+class TemporalEncoder(nn.Module):
+    """LSTM, then causal multi-head self-attention over its outputs, each with a gated residual (TFT).
+
+    Only the last step's embedding is used downstream, and with causal masking the last step attends to
+    every step: so only its query is computed, which is exactly the last row of full causal attention.
+    """
+
+    def __init__(self, hidden: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} must be divisible by model.temporal.attention_heads={heads}")
+        self.heads = heads
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.lstm_gate = nn.Linear(hidden, 2 * hidden)
+        self.lstm_norm = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_gate = nn.Linear(hidden, 2 * hidden)
+        self.attn_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.ffn = GatedResidualNetwork(hidden, hidden, hidden, dropout)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:  # [N, L, H] -> [N, H]
+        n, length, hidden = e.shape
+        out, _ = self.lstm(e)  # [N, L, H]
+        s = self.lstm_norm(e + F.glu(self.lstm_gate(self.dropout(out)), dim=-1))  # [N, L, H]
+        q, k, v = self.qkv(s).split(hidden, dim=-1)
+        q = q[:, -1:]  # [N, 1, H]: the last step's query sees every step, so no mask is needed
+        shape = (n, -1, self.heads, hidden // self.heads)
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))  # [N, heads, len, H/heads]
+        a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H/heads]
+        a = self.attn_out(a.transpose(1, 2).reshape(n, hidden))  # [N, H]
+        last = self.attn_norm(s[:, -1] + F.glu(self.attn_gate(self.dropout(a)), dim=-1))  # [N, H]
+        return self.ffn(last)
+
+
+class CrossSectionGAT(nn.Module):
+    """GATv2 over the day's stock graph: each stock attends to the stocks it is correlated with."""
+
+    def __init__(self, hidden: int, heads: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} must be divisible by model.gat.heads={heads}")
+        self.convs = nn.ModuleList(
+            GATv2Conv(hidden, hidden // heads, heads=heads, edge_dim=EDGE_DIM, dropout=dropout, add_self_loops=True)
+            for _ in range(layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        g = h  # [N, H]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            g = norm(g + F.elu(conv(g, edge_index, edge_attr.to(g.dtype))))
+        return g
+
+
+class GatedFusion(nn.Module):
+    """z = h + sigmoid(W [h, g']) * g', where g' is the GAT output rescaled to the norm of h, row by row.
+
+    Rescaling keeps the graph path from swamping (or vanishing against) the temporal embedding whatever
+    the GAT's own scale; the gate learns how much of it each stock takes. ``gate_stats`` of the last call
+    (mean, std) are kept for logging.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * hidden, hidden)
+        self.gate_stats: tuple[float, float] = (float("nan"), float("nan"))
+
+    def forward(self, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # [N, H], [N, H] -> [N, H]
+        g = g * (h.norm(dim=-1, keepdim=True) / (g.norm(dim=-1, keepdim=True) + 1e-6))
+        gate = torch.sigmoid(self.gate(torch.cat([h, g], dim=-1)))
+        self.gate_stats = (float(gate.detach().float().mean()), float(gate.detach().float().std()))
+        return h + gate * g
+
+
+class HorizonHead(nn.Module):
+    """One horizon's forecast: a point prediction and quantiles that cannot cross.
+
+    ``default``: a residual MLP block (optionally LayerNorm first, its output scaled by a learned
+    LayerScale) and a linear output; ``apex``: the linear output alone. The output layer starts with
+    weights of std ``init_std`` so that early predictions are small but not zero.
+
+    Quantiles: the lowest is predicted directly and each next one adds a softplus increment, so
+    q_1 <= q_2 <= ... by construction.
+    """
+
+    def __init__(self, hidden: int, n_quantiles: int, cfg: Any, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden) if cfg.use_layernorm else nn.Identity()
+        self.mlp = None
+        if cfg.variant == "default":
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
+            )
+            # layer_scale 0 switches the scaling off: a plain residual block
+            scale = torch.full((hidden,), float(cfg.layer_scale)) if cfg.layer_scale > 0 else None
+            self.layer_scale = nn.Parameter(scale) if scale is not None else None
+        self.out = nn.Linear(hidden, 1 + n_quantiles)  # point, lowest quantile, increments
+        self.init_std = float(cfg.init_std)
+        self.reset_parameters()
+
+    def reset_parameters(self, noise_std: float | None = None) -> None:
+        """Re-initialize the output layer (std ``init_std``, or ``noise_std`` when the degeneracy guard resets it)."""
+        nn.init.normal_(self.out.weight, std=noise_std or self.init_std)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, H] -> [N], [N, Q]
+        u = self.norm(z)
+        if self.mlp is not None:
+            delta = self.mlp(u)
+            u = u + (delta * self.layer_scale if self.layer_scale is not None else delta)
+        out = self.out(u)  # [N, 1 + Q]
+        point, lowest, steps = out[:, 0], out[:, 1:2], out[:, 2:]
+        quantiles = torch.cat([lowest, lowest + F.softplus(steps).cumsum(-1)], dim=-1)  # [N, Q], ascending
+        return point, quantiles
+
+
+class ATFTGATFAN(nn.Module):
+    """The whole model. ``forward(x, edge_index, edge_attr)`` -> dict of
+
+    - ``point``      [N, n_horizons]: the point forecast of each horizon's forward return;
+    - ``quantiles``  [N, n_horizons, Q]: ascending quantile forecasts;
+    - ``embedding``  [N, H]: the fused stock embedding the heads read.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        horizons: list[int],
+        quantiles: list[float],
+        cfg: Any,
+        target_scale: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        hidden, dropout = cfg.hidden_size, cfg.dropout
+        self.horizons, self.quantiles = list(horizons), list(quantiles)
+        # The heads work in units of each horizon's label std (from the training labels): returns of 1 and
+        # 20 days differ in scale by ~4.5x, and an init_std means the same thing at every horizon.
+        scale = torch.tensor(target_scale if target_scale is not None else [1.0] * len(horizons))
+        self.register_buffer("target_scale", scale.float())
+        self.fan = FrequencyAdaptiveNorm(n_features, cfg.fan.top_k) if cfg.fan.enabled else None
+        if cfg.vsn.enabled:
+            self.vsn: nn.Module = VariableSelection(n_features, hidden, dropout)
+        else:  # ablation: one linear embedding of the whole step
+            self.vsn = nn.Linear(n_features, hidden)
+        self.temporal = TemporalEncoder(hidden, cfg.temporal.lstm_layers, cfg.temporal.attention_heads, dropout)
+        self.use_graph = cfg.gat.enabled and cfg.graph.mode != "none"
+        self.gat = CrossSectionGAT(hidden, cfg.gat.heads, cfg.gat.layers, dropout) if self.use_graph else None
+        self.fusion = GatedFusion(hidden) if self.use_graph else None
+        self.heads = nn.ModuleList(HorizonHead(hidden, len(quantiles), cfg.head, dropout) for _ in horizons)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        if self.fan is not None:
+            x = self.fan(x)  # [N, L, F]
+        e = self.vsn(x)  # [N, L, H]
+        h = self.temporal(e)  # [N, H]
+        if self.gat is not None:
+            if edge_index is None or edge_attr is None:
+                raise ValueError("the GAT is enabled but the batch has no graph: set model.graph.mode")
+            h = self.fusion(h, self.gat(h, edge_index, edge_attr))  # [N, H]
+        point, quantiles = zip(*(head(h) for head in self.heads), strict=True)
+        scale = self.target_scale.to(h.dtype)
+        return {
+            "point": torch.stack(point, dim=1) * scale,  # [N, n_horizons]
+            "quantiles": torch.stack(quantiles, dim=1) * scale[:, None],  # [N, n_horizons, Q]
+            "embedding": h,
+        }
+
+    @property
+    def selection_weights(self) -> torch.Tensor | None:
+        """Per-step feature weights [N, L, F] of the last forward pass (None without the VSN)."""
+        return getattr(self.vsn, "weights", None)
+
+    @property
+    def gate_stats(self) -> tuple[float, float] | None:
+        """(mean, std) of the fusion gate in the last forward pass (None without the graph)."""
+        return self.fusion.gate_stats if self.fusion is not None else None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

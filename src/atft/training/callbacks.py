@@ -1,0 +1,290 @@
+"""Guards and diagnostics that run beside training, and the writer of the run folder.
+
+The previous system's runs plateaued for 50 epochs with predictions collapsed to zero scale and nobody
+noticed. Each callback here watches one failure: gradients (``GradientMonitor``), collapse
+(``DegeneracyGuard``), the heads' activations (``HeadDiagnostics``), NaN and infinity (``NonFiniteGuard``);
+``RunLogger`` writes what they saw, with every epoch's metrics, where a person and the run doctor read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from atft.training.module import ForecastModule, NonFiniteLossError
+
+
+class RunFolder:
+    """The files of ``runs/<name>/``. Only the process of global rank 0 writes."""
+
+    def __init__(self, root: str | Path, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.metrics = self.root / "metrics.csv"
+        self.events_file = self.root / "events.jsonl"
+        self.log_file = self.root / "train.log"
+        self.checkpoints = self.root / "checkpoints"
+        self.predictions = self.root / "predictions"
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append one JSON line ``{"event": kind, "time": ..., **fields}`` to events.jsonl."""
+        if self.rank != 0:
+            return
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        with self.events_file.open("a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+
+    def log(self, line: str) -> None:
+        """Append a line to train.log (and nowhere else: the console has its own progress display)."""
+        if self.rank != 0:
+            return
+        with self.log_file.open("a") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def write_metrics_row(self, row: dict[str, Any]) -> None:
+        """Append an epoch's row to metrics.csv; the header is written with the first row."""
+        if self.rank != 0:
+            return
+        new = not self.metrics.exists()
+        with self.metrics.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, float | int) and math.isfinite(value) else None
+
+
+class RunLogger(Callback):
+    """Writes one metrics.csv row and one train.log line per epoch, and which days each process trained on.
+
+    A row holds: epoch, train and validation loss, every loss term (weighted) and its share of the
+    gradient reaching the heads, the learning rate, every validation metric per horizon, the heads'
+    statistics and the fusion gate's, and the epoch's wall time.
+    """
+
+    def __init__(self, folder: RunFolder, monitor: str) -> None:
+        self.folder, self.monitor = folder, monitor
+        self._started = time.time()
+        self._days: list[int] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: ForecastModule, stage: str) -> None:
+        self.folder.rank = trainer.global_rank  # known once the strategy has started the processes
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
+        self._started, self._days = time.time(), []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: ForecastModule, batch: Any, batch_idx: int) -> None:
+        self._days.extend(batch["day_index"].tolist())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
+        days = self._days
+        if trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, days)
+            by_rank = dict(enumerate(gathered))
+        else:
+            by_rank = {0: days}
+        dates = trainer.datamodule.panel.dates
+        self.folder.event(
+            "days_seen",
+            epoch=trainer.current_epoch,
+            by_rank={rank: [str(dates[d]) for d in sorted(ds)] for rank, ds in by_rank.items()},
+        )
+        train = pl_module.train_epoch_summary()
+        val = getattr(pl_module, "val_metrics", {})
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "train_loss": train.get("loss"), "val_loss": val.get("loss")}
+        row.update({k: v for k, v in sorted(train.items()) if k != "loss"})
+        row["lr"] = lr
+        row.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
+        row["head_resets"] = getattr(pl_module, "head_resets", 0)
+        row["epoch_seconds"] = round(time.time() - self._started, 2)
+        self.folder.write_metrics_row(row)
+        self.folder.log(self.line(trainer.current_epoch, train, val, lr))
+
+    def line(self, epoch: int, train: dict[str, float], val: dict[str, float], lr: float) -> str:
+        """``Epoch 10: train=0.7829 / val=0.7950 | RankIC5d=0.041 SCALE5d=0.62 | lr=2.0e-04``."""
+        horizon = _monitor_horizon(self.monitor, val)
+        parts = [f"Epoch {epoch}: train={train.get('loss', math.nan):.4f} / val={val.get('loss', math.nan):.4f}"]
+        if horizon is not None:
+            h = horizon
+            parts.append(
+                f"RankIC{h}d={val.get(f'rankic_{h}d', math.nan):.3f} SCALE{h}d={val.get(f'scale_{h}d', math.nan):.2f}"
+            )
+        parts.append(f"lr={lr:.1e}")
+        return " | ".join(parts)
+
+
+def _monitor_horizon(monitor: str, val: dict[str, float]) -> int | None:
+    """The horizon the early-stopping monitor watches, or the first validated horizon."""
+    if monitor.endswith("d") and "_" in monitor:
+        try:
+            return int(monitor.rsplit("_", 1)[1][:-1])
+        except ValueError:
+            pass
+    horizons = sorted(int(k.rsplit("_", 1)[1][:-1]) for k in val if k.startswith("rankic_"))
+    return horizons[0] if horizons else None
+
+
+class GradientMonitor(Callback):
+    """Every ``every`` steps: the L2 norm of the gradient of each top-level part of the model."""
+
+    def __init__(self, folder: RunFolder, every: int) -> None:
+        self.folder, self.every = folder, every
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
+        step = trainer.global_step
+        if step % self.every:
+            return
+        norms = {}
+        for name, part in pl_module.model.named_children():
+            grads = [p.grad.detach().float().norm() for p in part.parameters() if p.grad is not None]
+            norms[name] = float(torch.stack(grads).norm()) if grads else 0.0
+        self.folder.event("grad_norm", step=step, epoch=trainer.current_epoch, norms=norms)
+        for name, value in norms.items():
+            pl_module._add(f"grad_norm_{name}", value)
+
+
+class DegeneracyGuard(Callback):
+    """Catches predictions collapsing to a constant, and pulls the model out of it.
+
+    Tracks an EMA of the per-day prediction scale std(ŷ)/std(y) (mean over horizons). When the EMA stays
+    below ``floor`` for ``patience`` steps it warns; if it is still below after ``patience`` more, it
+    re-initializes the heads' output layers with noise (``noise_std``) and counts the reset.
+    """
+
+    def __init__(self, folder: RunFolder, floor: float, patience: int = 20, alpha: float = 0.1, noise_std: float = 0.05) -> None:
+        self.folder, self.floor, self.patience, self.alpha, self.noise_std = folder, floor, patience, alpha, noise_std
+        self.ema: float | None = None
+        self.below = 0
+        self.resets = 0
+        self.warnings = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: ForecastModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        scale = float(torch.nanmean(pl_module.last_scale)) if len(pl_module.last_scale) else math.nan
+        if not math.isfinite(scale):
+            return
+        self.ema = scale if self.ema is None else (1 - self.alpha) * self.ema + self.alpha * scale
+        self.below = self.below + 1 if self.ema < self.floor else 0
+        step = trainer.global_step
+        if self.below == self.patience:
+            self.warnings += 1
+            self.folder.event("degeneracy_warning", step=step, scale_ema=self.ema, floor=self.floor)
+            self.folder.log(f"WARNING step {step}: prediction scale EMA {self.ema:.4f} below floor {self.floor}")
+        elif self.below >= 2 * self.patience:
+            for head in pl_module.model.heads:
+                head.reset_parameters(noise_std=self.noise_std)
+            self.resets += 1
+            pl_module.head_resets = self.resets
+            self.folder.event("head_reset", step=step, scale_ema=self.ema, floor=self.floor, resets=self.resets)
+            self.folder.log(f"RESET step {step}: heads re-initialized with noise std {self.noise_std} (reset #{self.resets})")
+            self.ema, self.below = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema, "below": self.below, "resets": self.resets, "warnings": self.warnings}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema, self.below = state["ema"], state["below"]
+        self.resets, self.warnings = state["resets"], state["warnings"]
+
+
+class HeadDiagnostics(Callback):
+    """Per epoch: the mean and std of each horizon's point prediction over the training steps."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
+        summary = pl_module.train_epoch_summary()
+        stats = {
+            f"{h}d": {"mean": _finite_or_none(summary.get(f"head_mean_{h}d", math.nan)),
+                      "std": _finite_or_none(summary.get(f"head_std_{h}d", math.nan)),
+                      "scale": _finite_or_none(summary.get(f"scale_{h}d", math.nan))}
+            for h in pl_module.horizons
+        }
+        gate = {k: summary[k] for k in ("gate_mean", "gate_std") if k in summary}
+        self.folder.event("head_stats", epoch=trainer.current_epoch, horizons=stats, gate=gate)
+
+
+class NonFiniteGuard(Callback):
+    """Stops training at the first NaN or infinity in the loss or a gradient, naming the step and batch."""
+
+    def _where(self, trainer: L.Trainer, pl_module: ForecastModule) -> str:
+        info = getattr(pl_module, "current_batch", {})
+        dates = info.get("dates", [])
+        return (
+            f"at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {info.get('batch_idx')}, "
+            f"dates {dates[0] if dates else '?'}..{dates[-1] if dates else '?'})"
+        )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: ForecastModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            terms = {k: round(v, 6) for k, v in pl_module.loss.last_raw.items()}
+            raise NonFiniteLossError(f"non-finite loss {float(loss)} {self._where(trainer, pl_module)}; terms: {terms}")
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteLossError(f"non-finite gradient in {name} {self._where(trainer, pl_module)}")
+
+
+class EpochSeed(Callback):
+    """Seeds every random generator from (seed, epoch) as each epoch's first batch starts.
+
+    Dropout and sampled loss pairs then draw the same numbers in epoch k whether the run went straight
+    through or resumed from the checkpoint of epoch k-1.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # at the first batch, not at the epoch start: Lightning draws from the global generator in between
+        # (the loader's base seed), at a different moment in a resumed run
+        if batch_idx:
+            return
+        s = self.seed * 1_000 + trainer.current_epoch + 1_000_000 * trainer.global_rank
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+
+
+CRASH_ENV = "ATFT_CRASH_AFTER_EPOCH"
+
+
+class CrashAfterEpoch(Callback):
+    """Test hook: with ``ATFT_CRASH_AFTER_EPOCH=k`` the process kills itself (SIGKILL) as epoch k+1 starts.
+
+    Everything of epoch k (its checkpoint, its metrics row) is on disk by then: the test of ``--resume``
+    kills a run this way, resumes it, and compares with an uninterrupted run.
+    """
+
+    def __init__(self, after_epoch: int) -> None:
+        self.after_epoch = after_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.after_epoch + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
