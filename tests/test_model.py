@@ -25,7 +25,9 @@ def model_cfg(*overrides: str):
 
 def make_model(*overrides: str, n_features: int = 8) -> ATFTGATFAN:
     torch.manual_seed(0)
-    cfg = model_cfg("model.hidden_size=16", "model.gat.heads=2", "model.temporal.attention_heads=2", *overrides)
+    cfg = model_cfg(
+        "model.hidden_size=16", "model.gat.heads=2", "model.temporal.attention_heads=2", *overrides
+    )
     return ATFTGATFAN(n_features, HORIZONS, list(cfg.quantiles), cfg)
 
 

@@ -44,7 +44,9 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_market")
-    synth = runner.invoke(app, ["data", "synth", "--out", str(root / "raw"), "--stocks", "60", "--days", "420", "--seed", "3"])
+    synth = runner.invoke(
+        app, ["data", "synth", "--out", str(root / "raw"), "--stocks", "60", "--days", "420", "--seed", "3"]
+    )
     assert synth.exit_code == 0, synth.output
     built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
     assert built.exit_code == 0, built.output
@@ -59,7 +61,12 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
     """``atft ...`` in a fresh process (as a user runs it; DDP and a real kill need their own processes)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "atft.cli.app", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "atft.cli.app", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -180,7 +187,9 @@ def test_non_finite_guard_names_the_step_and_batch():
         current_batch={"batch_idx": 5, "dates": ["2020-01-06", "2020-01-09"]},
         loss=SimpleNamespace(last_raw={"huber": float("nan")}),
     )
-    with pytest.raises(NonFiniteLossError, match=r"step 17 \(epoch 2, batch 5, dates 2020-01-06\.\.2020-01-09\)"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 17 \(epoch 2, batch 5, dates 2020-01-06\.\.2020-01-09\)"
+    ):
         guard.on_before_backward(trainer, module, torch.tensor(float("nan")))
     guard.on_before_backward(trainer, module, torch.tensor(1.0))  # a finite loss passes
 
@@ -246,7 +255,9 @@ def test_hardware_falls_back_with_a_clear_message():
     assert any("no CUDA device" in note for note in hw.notes)
     cpu = resolve_hardware(load_config(env={}).cfg.train.trainer, cuda=False)
     assert cpu.notes == () and cpu.precision == "32"
-    ddp = resolve_hardware(load_config(None, ["train.trainer.devices=2"], env={}).cfg.train.trainer, cuda=False)
+    ddp = resolve_hardware(
+        load_config(None, ["train.trainer.devices=2"], env={}).cfg.train.trainer, cuda=False
+    )
     assert ddp.strategy == "ddp"
 
 
@@ -272,7 +283,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dataset, tmp_path
     killed = run_cli([*args, "--run-name", "killed"], tmp_path, env={"ATFT_CRASH_AFTER_EPOCH": "1"})
     assert killed.returncode != 0  # SIGKILL as epoch 2 starts
     partial = pl.read_csv(tmp_path / "runs" / "killed" / "metrics.csv")
-    assert partial["epoch"].to_list() == [0, 1] and not (tmp_path / "runs" / "killed" / "summary.json").exists()
+    assert (
+        partial["epoch"].to_list() == [0, 1] and not (tmp_path / "runs" / "killed" / "summary.json").exists()
+    )
     resumed = run_cli(["train", "--resume", str(tmp_path / "runs" / "killed")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -280,7 +293,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dataset, tmp_path
     b = pl.read_csv(tmp_path / "runs" / "killed" / "metrics.csv").drop("epoch_seconds")
     assert a["epoch"].to_list() == b["epoch"].to_list() == [0, 1, 2]
     for column in a.columns:
-        assert a[column].to_list() == pytest.approx(b[column].to_list(), rel=1e-5, abs=1e-7, nan_ok=True), column
+        assert a[column].to_list() == pytest.approx(b[column].to_list(), rel=1e-5, abs=1e-7, nan_ok=True), (
+            column
+        )
     sa = json.loads((tmp_path / "runs" / "straight" / "summary.json").read_text())
     sb = json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())
     assert sa["test_metrics"] == pytest.approx(sb["test_metrics"], rel=1e-5, abs=1e-7, nan_ok=True)
@@ -325,7 +340,9 @@ def test_real_jp_two_epochs_end_to_end(tmp_path):
          "--listed-info", str(SAMPLE / "listed_info.csv"), "--out", str(tmp_path / "raw")],
     )  # fmt: skip
     assert imported.exit_code == 0, imported.output
-    built = runner.invoke(app, ["data", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "dataset")])
+    built = runner.invoke(
+        app, ["data", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "dataset")]
+    )
     assert built.exit_code == 0, built.output
     result = runner.invoke(
         app,

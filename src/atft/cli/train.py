@@ -19,17 +19,29 @@ def say(stage: str) -> None:
 
 def train(
     overrides: list[str] | None = typer.Argument(
-        None, metavar="KEY=VALUE", help="Config overrides, e.g. model.hidden_size=128 model.graph.mode=none.",
+        None,
+        metavar="KEY=VALUE",
+        help="Config overrides, e.g. model.hidden_size=128 model.graph.mode=none.",
         show_default=False,
     ),
     data_path: Path | None = typer.Option(
-        None, "--data-path", help="The dataset folder written by `atft data build` (default: data.dataset_dir)."
+        None,
+        "--data-path",
+        help="The dataset folder written by `atft data build` (default: data.dataset_dir).",
     ),
-    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Epochs at most (default: train.max_epochs)."),
+    max_epochs: int | None = typer.Option(
+        None, "--max-epochs", help="Epochs at most (default: train.max_epochs)."
+    ),
     preset: str = typer.Option(
-        DEFAULT_PRESET, "--preset", "--config", "-c", help="Preset name in configs/ or a path to a .yaml file."
+        DEFAULT_PRESET,
+        "--preset",
+        "--config",
+        "-c",
+        help="Preset name in configs/ or a path to a .yaml file.",
     ),
-    run_name: str | None = typer.Option(None, "--run-name", help="Folder name under train.runs_dir (default: a timestamp)."),
+    run_name: str | None = typer.Option(
+        None, "--run-name", help="Folder name under train.runs_dir (default: a timestamp)."
+    ),
     resume: Path | None = typer.Option(
         None, "--resume", help="A run folder to continue from its last checkpoint, with its own config."
     ),
@@ -40,7 +52,9 @@ def train(
     with user_errors():
         if resume is not None:
             if overrides or run_name:
-                raise ValueError("--resume continues a run with its own config: give no overrides and no --run-name")
+                raise ValueError(
+                    "--resume continues a run with its own config: give no overrides and no --run-name"
+                )
             run_dir = resume
             if not (run_dir / "checkpoints" / "last.ckpt").exists():
                 raise ValueError(f"{run_dir / 'checkpoints' / 'last.ckpt'} not found: nothing to resume")
@@ -57,7 +71,9 @@ def train(
             run_dir = new_run_dir(cfg.train.runs_dir, run_name)
             if is_launcher():
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "run.json").write_text(json.dumps({"data_path": str(data_path.resolve())}, indent=2))
+                (run_dir / "run.json").write_text(
+                    json.dumps({"data_path": str(data_path.resolve())}, indent=2)
+                )
         # Lightning's Rich progress bar is the live display here: stages print as plain lines
         summary = train_run(cfg, data_path, run_dir, resume=resume is not None, say=say)
     if not summary:
@@ -65,5 +81,7 @@ def train(
     test = summary.get("test_metrics") or summary.get("valid_metrics") or {}
     horizons = list(cfg.data.horizons)
     console.print(f"Best epoch {summary['best_epoch']} of {summary['epochs_run']} ({summary['seconds']} s)")
-    console.print("test " + "  ".join(f"RankIC{h}d={test.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons))
+    console.print(
+        "test " + "  ".join(f"RankIC{h}d={test.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons)
+    )
     console.print(f"Run folder [bold]{escape(str(run_dir))}[/]")

@@ -91,7 +91,9 @@ class FrequencyAdaptiveNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, F]
         main, residual = self.split(x)
         centered = residual - residual.mean(1, keepdim=True)
-        std = (centered.square().mean(1, keepdim=True) + self.eps).sqrt()  # torch.var over dim 1 is 10x slower
+        std = (
+            centered.square().mean(1, keepdim=True) + self.eps
+        ).sqrt()  # torch.var over dim 1 is 10x slower
         return (centered / std + self.removed_proj(main)).to(x.dtype)
 
 
@@ -132,9 +134,13 @@ class TemporalEncoder(nn.Module):
     def __init__(self, hidden: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
         if hidden % heads:
-            raise ValueError(f"hidden size {hidden} must be divisible by model.temporal.attention_heads={heads}")
+            raise ValueError(
+                f"hidden size {hidden} must be divisible by model.temporal.attention_heads={heads}"
+            )
         self.heads = heads
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.lstm_gate = nn.Linear(hidden, 2 * hidden)
         self.lstm_norm = nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
@@ -166,7 +172,9 @@ class CrossSectionGAT(nn.Module):
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} must be divisible by model.gat.heads={heads}")
         self.convs = nn.ModuleList(
-            GATv2Conv(hidden, hidden // heads, heads=heads, edge_dim=EDGE_DIM, dropout=dropout, add_self_loops=True)
+            GATv2Conv(
+                hidden, hidden // heads, heads=heads, edge_dim=EDGE_DIM, dropout=dropout, add_self_loops=True
+            )
             for _ in range(layers)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
@@ -268,7 +276,9 @@ class ATFTGATFAN(nn.Module):
             self.vsn: nn.Module = VariableSelection(n_features, hidden, dropout)
         else:  # ablation: one linear embedding of the whole step
             self.vsn = nn.Linear(n_features, hidden)
-        self.temporal = TemporalEncoder(hidden, cfg.temporal.lstm_layers, cfg.temporal.attention_heads, dropout)
+        self.temporal = TemporalEncoder(
+            hidden, cfg.temporal.lstm_layers, cfg.temporal.attention_heads, dropout
+        )
         self.use_graph = cfg.gat.enabled and cfg.graph.mode != "none"
         self.gat = CrossSectionGAT(hidden, cfg.gat.heads, cfg.gat.layers, dropout) if self.use_graph else None
         self.fusion = GatedFusion(hidden) if self.use_graph else None

@@ -96,7 +96,9 @@ class RunLogger(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
         self._started, self._days = time.time(), []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: ForecastModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: ForecastModule, batch: Any, batch_idx: int
+    ) -> None:
         self._days.extend(batch["day_index"].tolist())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
@@ -116,7 +118,11 @@ class RunLogger(Callback):
         train = pl_module.train_epoch_summary()
         val = getattr(pl_module, "val_metrics", {})
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "train_loss": train.get("loss"), "val_loss": val.get("loss")}
+        row: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "train_loss": train.get("loss"),
+            "val_loss": val.get("loss"),
+        }
         row.update({k: v for k, v in sorted(train.items()) if k != "loss"})
         row["lr"] = lr
         row.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
@@ -128,7 +134,9 @@ class RunLogger(Callback):
     def line(self, epoch: int, train: dict[str, float], val: dict[str, float], lr: float) -> str:
         """``Epoch 10: train=0.7829 / val=0.7950 | RankIC5d=0.041 SCALE5d=0.62 | lr=2.0e-04``."""
         horizon = _monitor_horizon(self.monitor, val)
-        parts = [f"Epoch {epoch}: train={train.get('loss', math.nan):.4f} / val={val.get('loss', math.nan):.4f}"]
+        parts = [
+            f"Epoch {epoch}: train={train.get('loss', math.nan):.4f} / val={val.get('loss', math.nan):.4f}"
+        ]
         if horizon is not None:
             h = horizon
             parts.append(
@@ -176,14 +184,24 @@ class DegeneracyGuard(Callback):
     re-initializes the heads' output layers with noise (``noise_std``) and counts the reset.
     """
 
-    def __init__(self, folder: RunFolder, floor: float, patience: int = 20, alpha: float = 0.1, noise_std: float = 0.05) -> None:
-        self.folder, self.floor, self.patience, self.alpha, self.noise_std = folder, floor, patience, alpha, noise_std
+    def __init__(
+        self, folder: RunFolder, floor: float, patience: int = 20, alpha: float = 0.1, noise_std: float = 0.05
+    ) -> None:
+        self.folder, self.floor, self.patience, self.alpha, self.noise_std = (
+            folder,
+            floor,
+            patience,
+            alpha,
+            noise_std,
+        )
         self.ema: float | None = None
         self.below = 0
         self.resets = 0
         self.warnings = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: ForecastModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: ForecastModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         scale = float(torch.nanmean(pl_module.last_scale)) if len(pl_module.last_scale) else math.nan
         if not math.isfinite(scale):
             return
@@ -193,14 +211,20 @@ class DegeneracyGuard(Callback):
         if self.below == self.patience:
             self.warnings += 1
             self.folder.event("degeneracy_warning", step=step, scale_ema=self.ema, floor=self.floor)
-            self.folder.log(f"WARNING step {step}: prediction scale EMA {self.ema:.4f} below floor {self.floor}")
+            self.folder.log(
+                f"WARNING step {step}: prediction scale EMA {self.ema:.4f} below floor {self.floor}"
+            )
         elif self.below >= 2 * self.patience:
             for head in pl_module.model.heads:
                 head.reset_parameters(noise_std=self.noise_std)
             self.resets += 1
             pl_module.head_resets = self.resets
-            self.folder.event("head_reset", step=step, scale_ema=self.ema, floor=self.floor, resets=self.resets)
-            self.folder.log(f"RESET step {step}: heads re-initialized with noise std {self.noise_std} (reset #{self.resets})")
+            self.folder.event(
+                "head_reset", step=step, scale_ema=self.ema, floor=self.floor, resets=self.resets
+            )
+            self.folder.log(
+                f"RESET step {step}: heads re-initialized with noise std {self.noise_std} (reset #{self.resets})"
+            )
             self.ema, self.below = None, 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -220,9 +244,11 @@ class HeadDiagnostics(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
         summary = pl_module.train_epoch_summary()
         stats = {
-            f"{h}d": {"mean": _finite_or_none(summary.get(f"head_mean_{h}d", math.nan)),
-                      "std": _finite_or_none(summary.get(f"head_std_{h}d", math.nan)),
-                      "scale": _finite_or_none(summary.get(f"scale_{h}d", math.nan))}
+            f"{h}d": {
+                "mean": _finite_or_none(summary.get(f"head_mean_{h}d", math.nan)),
+                "std": _finite_or_none(summary.get(f"head_std_{h}d", math.nan)),
+                "scale": _finite_or_none(summary.get(f"scale_{h}d", math.nan)),
+            }
             for h in pl_module.horizons
         }
         gate = {k: summary[k] for k in ("gate_mean", "gate_std") if k in summary}
@@ -243,7 +269,9 @@ class NonFiniteGuard(Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: ForecastModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             terms = {k: round(v, 6) for k, v in pl_module.loss.last_raw.items()}
-            raise NonFiniteLossError(f"non-finite loss {float(loss)} {self._where(trainer, pl_module)}; terms: {terms}")
+            raise NonFiniteLossError(
+                f"non-finite loss {float(loss)} {self._where(trainer, pl_module)}; terms: {terms}"
+            )
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
         for name, p in pl_module.named_parameters():
@@ -261,7 +289,9 @@ class EpochSeed(Callback):
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # at the first batch, not at the epoch start: Lightning draws from the global generator in between
         # (the loader's base seed), at a different moment in a resumed run
         if batch_idx:

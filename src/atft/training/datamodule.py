@@ -174,7 +174,9 @@ def collate_days(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if "edge_index" in items[0]:
         # each day's graph numbers its own rows from 0: shift them to the day's rows in the batch
         offsets = batch["day_ptr"][:-1]
-        batch["edge_index"] = torch.cat([item["edge_index"] + o for item, o in zip(items, offsets, strict=True)], 1)
+        batch["edge_index"] = torch.cat(
+            [item["edge_index"] + o for item, o in zip(items, offsets, strict=True)], 1
+        )
         batch["edge_attr"] = torch.cat([item["edge_attr"] for item in items])
     return batch
 

@@ -28,7 +28,9 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or an infinity; the message names the step, the batch and its dates."""
 
 
-def daily_scale(point: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, day: torch.Tensor, n_days: int) -> torch.Tensor:
+def daily_scale(
+    point: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, day: torch.Tensor, n_days: int
+) -> torch.Tensor:
     """Mean over the batch's days of std(prediction) / std(label) within the day, per horizon: [H].
 
     This is SCALE of docs/metrics.md on one batch: a model collapsing to a constant forecast drives it to 0.
@@ -47,7 +49,9 @@ def daily_scale(point: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, day:
     ok = (n >= 2) & (var_y > 0)
     ratio = torch.where(ok, var_p.clamp(min=0).sqrt() / var_y.clamp(min=1e-30).sqrt(), torch.zeros_like(n))
     count = ok.sum(0)
-    return torch.where(count > 0, ratio.sum(0) / count.clamp(min=1), torch.full_like(count, math.nan, dtype=ratio.dtype))
+    return torch.where(
+        count > 0, ratio.sum(0) / count.clamp(min=1), torch.full_like(count, math.nan, dtype=ratio.dtype)
+    )
 
 
 class ForecastModule(L.LightningModule):
@@ -69,7 +73,9 @@ class ForecastModule(L.LightningModule):
         self.cfg: DictConfig = OmegaConf.create(config)
         self.horizons = list(horizons)
         self.quantiles = [float(q) for q in self.cfg.model.quantiles]
-        self.model = ATFTGATFAN(len(feature_names), self.horizons, self.quantiles, self.cfg.model, target_scale)
+        self.model = ATFTGATFAN(
+            len(feature_names), self.horizons, self.quantiles, self.cfg.model, target_scale
+        )
         self.loss = MultiHorizonLoss(self.horizons, self.quantiles, self.cfg.loss)
         self.beta_column = feature_names.index(BETA_FEATURE) if BETA_FEATURE in feature_names else None
         self.last_scale = torch.full((len(horizons),), math.nan)  # [H]: the degeneracy guard reads it
@@ -175,7 +181,12 @@ class ForecastModule(L.LightningModule):
             )
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": plateau, "monitor": early.monitor, "interval": "epoch", "strict": False},
+                "lr_scheduler": {
+                    "scheduler": plateau,
+                    "monitor": early.monitor,
+                    "interval": "epoch",
+                    "strict": False,
+                },
             }
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = total * sched.warmup_epochs // max(1, self.trainer.max_epochs)
@@ -230,4 +241,3 @@ def predictions_frame(
         .unique(["horizon", "date", "code"], keep="first", maintain_order=True)
         .sort("horizon", "date", "code")
     )
-

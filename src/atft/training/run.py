@@ -71,7 +71,9 @@ def resolve_hardware(trainer_cfg: Any, cuda: bool | None = None) -> Hardware:
         accelerator = "cpu"
     on_gpu = cuda and accelerator in ("gpu", "auto")
     if precision != "32" and not on_gpu:
-        notes.append(f"train.trainer.precision={precision} needs a CUDA GPU, and none is used: training in 32-bit")
+        notes.append(
+            f"train.trainer.precision={precision} needs a CUDA GPU, and none is used: training in 32-bit"
+        )
         precision = "32"
     if precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
         notes.append("this GPU has no bf16 support: training in 16-mixed")
@@ -79,7 +81,9 @@ def resolve_hardware(trainer_cfg: Any, cuda: bool | None = None) -> Hardware:
     strategy = trainer_cfg.strategy
     if trainer_cfg.devices > 1 and strategy == "auto":
         strategy = "ddp"
-    return Hardware(accelerator, precision, trainer_cfg.devices, strategy, trainer_cfg.num_nodes, tuple(notes))
+    return Hardware(
+        accelerator, precision, trainer_cfg.devices, strategy, trainer_cfg.num_nodes, tuple(notes)
+    )
 
 
 RUN_DIR_ENV = "ATFT_RUN_DIR"  # set by the launcher for the DDP processes it starts
@@ -103,7 +107,9 @@ def new_run_dir(runs_dir: str | Path, run_name: str | None) -> Path:
     name = run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(runs_dir) / name
     if (root / "config.yaml").exists() and is_launcher():
-        raise ValueError(f"{root} already holds a run: pick another --run-name, or continue it with --resume {root}")
+        raise ValueError(
+            f"{root} already holds a run: pick another --run-name, or continue it with --resume {root}"
+        )
     return root
 
 
@@ -136,7 +142,9 @@ def train_run(
     horizons = list(cfg.data.horizons)
     missing = [h for h in horizons if h not in manifest["horizons"]]
     if missing:
-        raise ValueError(f"{data_path} has no labels for horizon(s) {missing}: its horizons are {manifest['horizons']}")
+        raise ValueError(
+            f"{data_path} has no labels for horizon(s) {missing}: its horizons are {manifest['horizons']}"
+        )
 
     say("loading the panel")
     panel = DayPanel.load(data_path, labels=[f"target_{h}d" for h in horizons])
@@ -162,14 +170,22 @@ def train_run(
     data.setup()
     target_scale = data.datasets["train"].label_std()
     if not np.isfinite(target_scale).all() or (target_scale <= 0).any():
-        raise ValueError(f"the training segment has no usable labels for some horizon: label std {target_scale.tolist()}")
+        raise ValueError(
+            f"the training segment has no usable labels for some horizon: label std {target_scale.tolist()}"
+        )
     module = ForecastModule(
         OmegaConf.to_container(cfg, resolve=True), panel.feature_names, horizons, target_scale.tolist()
     )
     early = cfg.train.early_stopping
     checkpoint = ModelCheckpoint(
-        dirpath=folder.checkpoints, filename="best", monitor=early.monitor, mode=early.mode,
-        save_last=True, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True,
+        dirpath=folder.checkpoints,
+        filename="best",
+        monitor=early.monitor,
+        mode=early.mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
     )
     guard = cb.DegeneracyGuard(folder, cfg.train.diagnostics.degeneracy_floor)
     callbacks: list[Any] = [
@@ -208,7 +224,9 @@ def train_run(
     n_params = count_parameters(module.model)
     if not resume:
         folder.event("start", parameters=n_params, data=data.summary(), hardware=hardware.__dict__)
-        folder.log(f"ATFT-GAT-FAN: {n_params:,} parameters, {len(panel.feature_names)} features, horizons {horizons}")
+        folder.log(
+            f"ATFT-GAT-FAN: {n_params:,} parameters, {len(panel.feature_names)} features, horizons {horizons}"
+        )
     else:
         folder.event("resume", checkpoint=str(folder.checkpoints / "last.ckpt"))
         folder.log(f"Resumed from {folder.checkpoints / 'last.ckpt'}")
@@ -241,7 +259,9 @@ def train_run(
         "seconds": round(time.time() - started, 1),
     }
     for split_name, frame in frames.items():
-        summary[f"{split_name}_metrics"] = horizon_metrics(frame, cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile)
+        summary[f"{split_name}_metrics"] = horizon_metrics(
+            frame, cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile
+        )
     oracle = data_path / "oracle.parquet"
     if oracle.exists() and "test" in frames:
         summary["oracle_test_rankic"] = oracle_rank_ic(frames["test"], oracle)
