@@ -69,10 +69,14 @@ def test_info_on_a_folder_that_is_not_a_store(tmp_path):
 
 
 def test_demo_writes_the_synthetic_market(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--stocks", "30", "--days", "1100"])
+    r = runner.invoke(
+        app, ["demo", "--out", str(tmp_path / "demo"), "--stocks", "30", "--days", "1100", "--epochs", "1"]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "demo" / "raw" / "manifest.json").is_file()
     assert (tmp_path / "demo" / "dataset" / "features.parquet").is_file()
+    assert (tmp_path / "demo" / "run" / "summary.json").is_file()
+    assert "Test period" in r.output and "share of oracle" in r.output
     assert "Oracle" in r.output and "guard passed" in r.output
     for split in ("train", "valid", "test"):
         assert split in r.output

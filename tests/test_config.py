@@ -71,11 +71,13 @@ def test_cpu_preset_is_the_default():
     resolved = load_config(env={})
     assert resolved.preset == "cpu"
     cfg = resolved.cfg
-    assert (cfg.data.lookback, cfg.model.hidden_size, cfg.train.max_epochs) == (20, 64, 25)
+    assert (cfg.data.lookback, cfg.model.hidden_size, cfg.train.max_epochs) == (20, 64, 6)
     assert cfg.train.trainer.precision == "32"
     assert cfg.train.trainer.accelerator == "auto"  # a GPU is used when present
     # Values equal to the schema default are not provenance, even when the preset restates them.
-    assert resolved.sources == {}
+    regularized = ["model.dropout", "train.early_stopping.patience", "train.max_epochs", "train.optimizer.lr",
+                   "train.optimizer.weight_decay", "train.scheduler.warmup_epochs"]  # fmt: skip
+    assert resolved.sources == dict.fromkeys(regularized, "preset:cpu")
 
 
 def test_production_preset_differs_from_cpu():

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from omegaconf import OmegaConf
 from rich.markup import escape
 
 from atft.cli.ui import console, err_console, user_errors
@@ -47,18 +48,22 @@ def train(
     ),
 ) -> None:
     """Train a model; writes config, metrics.csv, events.jsonl, train.log, checkpoints and predictions."""
-    from atft.training.run import is_launcher, new_run_dir, train_run
+    from atft.training.run import new_run_dir, train_run
 
     with user_errors():
         if resume is not None:
-            if overrides or run_name:
+            if overrides or run_name or preset != DEFAULT_PRESET:
                 raise ValueError(
-                    "--resume continues a run with its own config: give no overrides and no --run-name"
+                    "--resume continues a run with its own config: give no overrides, --preset or --run-name "
+                    "(--max-epochs may extend it)"
                 )
             run_dir = resume
             if not (run_dir / "checkpoints" / "last.ckpt").exists():
                 raise ValueError(f"{run_dir / 'checkpoints' / 'last.ckpt'} not found: nothing to resume")
-            cfg = load_config(run_dir / "config.yaml", env={}).cfg
+            extend = [f"train.max_epochs={max_epochs}"] if max_epochs is not None else []
+            cfg = load_config(run_dir / "config.yaml", extend, env={}).cfg
+            if extend:  # the run's own config now says how long it trains
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
             data_path = data_path or Path(json.loads((run_dir / "run.json").read_text())["data_path"])
         else:
             tokens = list(overrides or ())
@@ -69,19 +74,16 @@ def train(
             if data_path is None:
                 raise ValueError("give the dataset with --data-path (or data.dataset_dir)")
             run_dir = new_run_dir(cfg.train.runs_dir, run_name)
-            if is_launcher():
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "run.json").write_text(
-                    json.dumps({"data_path": str(data_path.resolve())}, indent=2)
-                )
         # Lightning's Rich progress bar is the live display here: stages print as plain lines
         summary = train_run(cfg, data_path, run_dir, resume=resume is not None, say=say)
     if not summary:
         return
-    test = summary.get("test_metrics") or summary.get("valid_metrics") or {}
+    segment = "test" if summary.get("test_metrics") else "valid"
+    scores = summary.get(f"{segment}_metrics") or {}
     horizons = list(cfg.data.horizons)
     console.print(f"Best epoch {summary['best_epoch']} of {summary['epochs_run']} ({summary['seconds']} s)")
     console.print(
-        "test " + "  ".join(f"RankIC{h}d={test.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons)
+        f"{segment} "
+        + "  ".join(f"RankIC{h}d={scores.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons)
     )
     console.print(f"Run folder [bold]{escape(str(run_dir))}[/]")

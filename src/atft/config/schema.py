@@ -201,8 +201,10 @@ class ModelConfig:
 
 @dataclass
 class BatchConfig:
-    """Batch sizes: stock-windows per optimisation step, and trading days sampled per batch."""
+    """Batch sizes: trading days per batch (a batch holds whole days, since the loss ranks within a day)."""
 
+    # Not read by the engine: a batch is ``days_per_batch`` whole days, whatever their stock count.
+    # Kept so that the previous system's configs still load; see docs/training.md.
     train_batch_size: int = field(default=4096, metadata={"ge": 1})
     days_per_batch: int = field(default=4, metadata={"ge": 1})
 
@@ -779,6 +781,12 @@ def _monitor_is_a_reported_metric(values: Mapping[str, Any]) -> tuple[tuple[str,
     monitor = values["train"]["early_stopping"]["monitor"]
     horizons = values["data"]["horizons"]
     allowed = reported_metrics(horizons)
+    if monitor == "val/sharpe_" + monitor.rsplit("_", 1)[-1] and 1 not in horizons:
+        return (
+            (MONITOR_KEY, "data.horizons"),
+            f"{monitor!r} needs the 1-day horizon in data.horizons: the long-short portfolio earns the "
+            "1-day forward return (docs/metrics.md), so without it the metric is always NaN",
+        )
     if monitor in allowed:
         return None
     listing = f"valid names for data.horizons {horizons}: {', '.join(allowed)}"

@@ -267,9 +267,11 @@ def build_dataset(
         panel.select("code", "sector")
         .unique("code")
         .sort("code")
+        .join(store.listed_info.select("code", "market").unique("code"), on="code", how="left")
         .with_columns(
             stock_id=pl.int_range(pl.len(), dtype=pl.Int32),
             sector_id=(pl.col("sector").rank("dense").fill_null(0)).cast(pl.Int32),
+            market_id=(pl.col("market").rank("dense").fill_null(0)).cast(pl.Int32),
         )
     )
     names = label_names(horizons)
@@ -328,7 +330,7 @@ def build_dataset(
     tables = {
         "features": features,
         "labels": labels,
-        "stocks": stocks.select("code", "stock_id", "sector", "sector_id"),
+        "stocks": stocks.select("code", "stock_id", "sector", "sector_id", "market", "market_id"),
     }
     oracle_file = Path(raw_dir) / "oracle.parquet"
     if oracle_file.is_file():

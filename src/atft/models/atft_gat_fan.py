@@ -31,15 +31,8 @@ from torch_geometric.nn import GATv2Conv
 EDGE_DIM = 3  # (corr, same_sector, same_market): see atft.models.graph
 
 
-def output_names(horizons: list[int], quantiles: list[float]) -> list[str]:
-    """The one naming scheme of model outputs: ``point_5d``, ``q05_5d``, ``q50_5d``, ... per horizon."""
-    return [f"point_{h}d" for h in horizons] + [
-        f"{quantile_name(q)}_{h}d" for h in horizons for q in quantiles
-    ]
-
-
 def quantile_name(q: float) -> str:
-    """0.05 -> ``q05``, 0.5 -> ``q50``, 0.975 -> ``q97.5``."""
+    """The one name of a quantile forecast everywhere (predictions files, reports): 0.05 -> ``q05``, 0.975 -> ``q97.5``."""
     pct = round(q * 100, 6)
     return f"q{int(pct):02d}" if pct == int(pct) else f"q{pct:g}"
 
@@ -105,8 +98,8 @@ class VariableSelection(nn.Module):
 
         sum_f a_f (x_f W_f + b_f) = (a * x) @ W + a @ B          W, B: [F, H]
 
-    is two matrix products, never the [N, L, F, H] tensor of all embeddings. ``weights`` of the last call
-    are kept (detached) for interpretation.
+    is two matrix products, never the [N, L, F, H] tensor of all embeddings. With ``record = True`` the weights
+    of the last call are kept (detached) for interpretation.
     """
 
     def __init__(self, n_features: int, hidden: int, dropout: float) -> None:
@@ -116,11 +109,13 @@ class VariableSelection(nn.Module):
         # no dropout on the selector: its [N, L, F] masks cost more than the rest of the step's dropout
         self.selector = GatedResidualNetwork(n_features, hidden, n_features, dropout=0.0)
         self.post = GatedResidualNetwork(hidden, hidden, hidden, dropout)
+        self.record = False  # keep the weights of each call (an [N, L, F] tensor): off while training
         self.weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, H]
         a = torch.softmax(self.selector(x), dim=-1)  # [N, L, F]
-        self.weights = a.detach()
+        if self.record:
+            self.weights = a.detach()
         return self.post((a * x) @ self.W + a @ self.B)
 
 
@@ -197,12 +192,13 @@ class GatedFusion(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.gate = nn.Linear(2 * hidden, hidden)
-        self.gate_stats: tuple[float, float] = (float("nan"), float("nan"))
+        self.gate_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # [N, H], [N, H] -> [N, H]
         g = g * (h.norm(dim=-1, keepdim=True) / (g.norm(dim=-1, keepdim=True) + 1e-6))
         gate = torch.sigmoid(self.gate(torch.cat([h, g], dim=-1)))
-        self.gate_stats = (float(gate.detach().float().mean()), float(gate.detach().float().std()))
+        detached = gate.detach().float()
+        self.gate_stats = (detached.mean(), detached.std())  # tensors: read (and synced) only when logged
         return h + gate * g
 
 
@@ -232,9 +228,11 @@ class HorizonHead(nn.Module):
         self.init_std = float(cfg.init_std)
         self.reset_parameters()
 
-    def reset_parameters(self, noise_std: float | None = None) -> None:
+    def reset_parameters(
+        self, noise_std: float | None = None, generator: torch.Generator | None = None
+    ) -> None:
         """Re-initialize the output layer (std ``init_std``, or ``noise_std`` when the degeneracy guard resets it)."""
-        nn.init.normal_(self.out.weight, std=noise_std or self.init_std)
+        nn.init.normal_(self.out.weight, std=noise_std or self.init_std, generator=generator)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, H] -> [N], [N, Q]
@@ -242,7 +240,8 @@ class HorizonHead(nn.Module):
         if self.mlp is not None:
             delta = self.mlp(u)
             u = u + (delta * self.layer_scale if self.layer_scale is not None else delta)
-        out = self.out(u)  # [N, 1 + Q]
+        with torch.autocast(u.device.type, enabled=False):  # bf16 keeps ~3 digits: forecasts would tie
+            out = self.out(u.float())  # [N, 1 + Q]
         point, lowest, steps = out[:, 0], out[:, 1:2], out[:, 2:]
         quantiles = torch.cat([lowest, lowest + F.softplus(steps).cumsum(-1)], dim=-1)  # [N, Q], ascending
         return point, quantiles
@@ -309,8 +308,8 @@ class ATFTGATFAN(nn.Module):
         return getattr(self.vsn, "weights", None)
 
     @property
-    def gate_stats(self) -> tuple[float, float] | None:
-        """(mean, std) of the fusion gate in the last forward pass (None without the graph)."""
+    def gate_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of the fusion gate in the last forward pass (None without the graph or before one)."""
         return self.fusion.gate_stats if self.fusion is not None else None
 
 

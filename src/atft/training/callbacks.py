@@ -54,15 +54,25 @@ class RunFolder:
             f.write(line.rstrip("\n") + "\n")
 
     def write_metrics_row(self, row: dict[str, Any]) -> None:
-        """Append an epoch's row to metrics.csv; the header is written with the first row."""
+        """Add an epoch's row to metrics.csv, keeping every column under its own header.
+
+        The file is rewritten with the union of the columns (one row per epoch, so it stays small): a value
+        missing from an epoch is left empty, never shifted under another column's name.
+        """
         if self.rank != 0:
             return
-        new = not self.metrics.exists()
-        with self.metrics.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        rows: list[dict[str, Any]] = []
+        if self.metrics.exists():
+            with self.metrics.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        rows.append(row)
+        columns = list(dict.fromkeys(key for r in rows for key in r))
+        tmp = self.metrics.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.metrics)  # a kill mid-write leaves the previous file whole
 
 
 def _json_default(value: Any) -> Any:
@@ -126,7 +136,8 @@ class RunLogger(Callback):
         row.update({k: v for k, v in sorted(train.items()) if k != "loss"})
         row["lr"] = lr
         row.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
-        row["head_resets"] = getattr(pl_module, "head_resets", 0)
+        guard = next((c for c in trainer.callbacks if isinstance(c, DegeneracyGuard)), None)
+        row["head_resets"] = guard.resets if guard is not None else 0
         row["epoch_seconds"] = round(time.time() - self._started, 2)
         self.folder.write_metrics_row(row)
         self.folder.log(self.line(trainer.current_epoch, train, val, lr))
@@ -158,14 +169,20 @@ def _monitor_horizon(monitor: str, val: dict[str, float]) -> int | None:
 
 
 class GradientMonitor(Callback):
-    """Every ``every`` steps: the L2 norm of the gradient of each top-level part of the model."""
+    """Every ``every`` steps, and at each epoch's first step: the gradient L2 norm of each top-level module."""
 
     def __init__(self, folder: RunFolder, every: int) -> None:
         self.folder, self.every = folder, every
+        self._first_batch = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: ForecastModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._first_batch = batch_idx == 0  # every epoch gets a reading, however few its steps
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
         step = trainer.global_step
-        if step % self.every:
+        if step % self.every and not self._first_batch:
             return
         norms = {}
         for name, part in pl_module.model.named_children():
@@ -179,21 +196,26 @@ class GradientMonitor(Callback):
 class DegeneracyGuard(Callback):
     """Catches predictions collapsing to a constant, and pulls the model out of it.
 
-    Tracks an EMA of the per-day prediction scale std(ŷ)/std(y) (mean over horizons). When the EMA stays
-    below ``floor`` for ``patience`` steps it warns; if it is still below after ``patience`` more, it
-    re-initializes the heads' output layers with noise (``noise_std``) and counts the reset.
+    Tracks an EMA of the per-day prediction scale std(ŷ)/std(y) (mean over horizons, and over processes
+    under DDP). After the first ``grace_epochs`` (the heads start small on purpose), when the EMA stays
+    below ``floor`` for ``patience`` steps it warns; still below after ``patience`` more, it re-initializes
+    the heads' output layers with noise (``noise_std``, from a generator seeded by (seed, step) so every
+    process draws the same), drops their optimizer state, and counts the reset.
     """
 
     def __init__(
-        self, folder: RunFolder, floor: float, patience: int = 20, alpha: float = 0.1, noise_std: float = 0.05
+        self,
+        folder: RunFolder,
+        floor: float,
+        *,
+        patience: int = 20,
+        alpha: float = 0.1,
+        noise_std: float = 0.05,
+        grace_epochs: int = 1,
+        seed: int = 0,
     ) -> None:
-        self.folder, self.floor, self.patience, self.alpha, self.noise_std = (
-            folder,
-            floor,
-            patience,
-            alpha,
-            noise_std,
-        )
+        self.folder, self.floor, self.patience, self.alpha = folder, floor, patience, alpha
+        self.noise_std, self.grace_epochs, self.seed = noise_std, grace_epochs, seed
         self.ema: float | None = None
         self.below = 0
         self.resets = 0
@@ -202,7 +224,11 @@ class DegeneracyGuard(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: ForecastModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        scale = float(torch.nanmean(pl_module.last_scale)) if len(pl_module.last_scale) else math.nan
+        if trainer.current_epoch < self.grace_epochs:
+            return
+        scale = torch.nanmean(pl_module.last_scale) if len(pl_module.last_scale) else torch.tensor(math.nan)
+        # every process takes the same decision, or their copies of the model drift apart under DDP
+        scale = float(trainer.strategy.reduce(scale.to(pl_module.device), reduce_op="mean"))
         if not math.isfinite(scale):
             return
         self.ema = scale if self.ema is None else (1 - self.alpha) * self.ema + self.alpha * scale
@@ -215,10 +241,13 @@ class DegeneracyGuard(Callback):
                 f"WARNING step {step}: prediction scale EMA {self.ema:.4f} below floor {self.floor}"
             )
         elif self.below >= 2 * self.patience:
+            generator = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_003 + step)
+            state = trainer.optimizers[0].state if trainer.optimizers else {}
             for head in pl_module.model.heads:
-                head.reset_parameters(noise_std=self.noise_std)
+                head.reset_parameters(noise_std=self.noise_std, generator=generator)
+                for p in head.out.parameters():
+                    state.pop(p, None)  # stale Adam moments would undo the reset
             self.resets += 1
-            pl_module.head_resets = self.resets
             self.folder.event(
                 "head_reset", step=step, scale_ema=self.ema, floor=self.floor, resets=self.resets
             )
@@ -256,7 +285,15 @@ class HeadDiagnostics(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stops training at the first NaN or infinity in the loss or a gradient, naming the step and batch."""
+    """Stops training at the first NaN or infinity in the loss or a gradient, naming the step and batch.
+
+    Gradients are checked once unscaled (``on_before_optimizer_step``). Under ``16-mixed`` the gradient
+    scaler itself skips steps whose gradients overflow, so there an infinite gradient is an event, not an
+    error. Under DDP the processes agree first, so that none is left waiting for the others.
+    """
+
+    def __init__(self, folder: RunFolder | None = None) -> None:
+        self.folder = folder
 
     def _where(self, trainer: L.Trainer, pl_module: ForecastModule) -> str:
         info = getattr(pl_module, "current_batch", {})
@@ -266,17 +303,36 @@ class NonFiniteGuard(Callback):
             f"dates {dates[0] if dates else '?'}..{dates[-1] if dates else '?'})"
         )
 
+    def _stop(self, trainer: L.Trainer, message: str) -> None:
+        if self.folder is not None:
+            self.folder.event("non_finite", step=trainer.global_step, message=message)
+            self.folder.log(f"STOP {message}")
+        raise NonFiniteLossError(message)
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: ForecastModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+        bad = not bool(torch.isfinite(loss.detach()))
+        if getattr(trainer, "world_size", 1) > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             terms = {k: round(v, 6) for k, v in pl_module.loss.last_raw.items()}
-            raise NonFiniteLossError(
-                f"non-finite loss {float(loss)} {self._where(trainer, pl_module)}; terms: {terms}"
+            self._stop(
+                trainer, f"non-finite loss {float(loss)} {self._where(trainer, pl_module)}; terms: {terms}"
             )
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: ForecastModule) -> None:
-        for name, p in pl_module.named_parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteLossError(f"non-finite gradient in {name} {self._where(trainer, pl_module)}")
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: ForecastModule, optimizer: Any) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        name = next(
+            n
+            for n, p in pl_module.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        )
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            if self.folder is not None:
+                self.folder.event("overflow_step_skipped", step=trainer.global_step, parameter=name)
+            return
+        self._stop(trainer, f"non-finite gradient in {name} {self._where(trainer, pl_module)}")
 
 
 class EpochSeed(Callback):

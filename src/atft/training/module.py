@@ -100,6 +100,7 @@ class ForecastModule(L.LightningModule):
         self._counts: dict[str, int] = defaultdict(int)
 
     def _add(self, key: str, value: float) -> None:
+        self._sums[key] += 0.0  # the key exists (NaN in the summary) even when no value was finite
         if math.isfinite(value):
             self._sums[key] += value
             self._counts[key] += 1
@@ -128,14 +129,15 @@ class ForecastModule(L.LightningModule):
             self._add(f"head_mean_{h}d", float(point[:, j].mean()))
             self._add(f"head_std_{h}d", float(point[:, j].std()) if len(point) > 1 else math.nan)
         if self.model.gate_stats is not None:
-            self._add("gate_mean", self.model.gate_stats[0])
-            self._add("gate_std", self.model.gate_stats[1])
+            gate_mean, gate_std = self.model.gate_stats
+            self._add("gate_mean", float(gate_mean))
+            self._add("gate_std", float(gate_std))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=n_days)
         return total
 
     def train_epoch_summary(self) -> dict[str, float]:
         """Means over the epoch's steps of everything recorded by ``training_step``."""
-        return {k: self._sums[k] / self._counts[k] for k in self._sums}
+        return {k: self._sums[k] / self._counts[k] if self._counts[k] else math.nan for k in self._sums}
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

@@ -4,7 +4,7 @@
 Lightning and the guards of ``atft.training.callbacks``, then forecasts the validation and test segments
 with the best checkpoint. The run folder ``runs/<name>/``:
 
-- ``config.yaml``: the resolved configuration;  ``run.json``: dataset, split, sizes, hardware, timings;
+- ``config.yaml``: the resolved configuration;  ``run.json``: the dataset it trains on (for ``--resume``);
 - ``metrics.csv``, ``events.jsonl``, ``train.log``: see ``atft.training.callbacks``;
 - ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``;
 - ``predictions/valid.parquet`` and ``predictions/test.parquet``: (date, code, horizon, prediction, label,
@@ -94,7 +94,8 @@ def is_launcher() -> bool:
 
     The launcher re-runs the same command in each extra process with LOCAL_RANK (and NODE_RANK) set.
     """
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
 
 
 def new_run_dir(runs_dir: str | Path, run_name: str | None) -> Path:
@@ -133,6 +134,7 @@ def train_run(
             sub.mkdir(parents=True, exist_ok=True)
         if not resume:
             (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            (root / "run.json").write_text(json.dumps({"data_path": str(data_path.resolve())}, indent=2))
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     say("checking the dataset (guard)")
@@ -156,7 +158,7 @@ def train_run(
 
     graph = None
     if cfg.model.gat.enabled and cfg.model.graph.mode != "none":
-        graph = DayGraphBuilder(panel, cfg.model.graph)
+        graph = DayGraphBuilder(panel, cfg.model.graph, market_id=market_ids(data_path))
     data = DayDataModule.from_split(
         panel,
         split,
@@ -187,10 +189,10 @@ def train_run(
         enable_version_counter=False,
         save_on_train_epoch_end=True,
     )
-    guard = cb.DegeneracyGuard(folder, cfg.train.diagnostics.degeneracy_floor)
+    guard = cb.DegeneracyGuard(folder, cfg.train.diagnostics.degeneracy_floor, seed=cfg.train.seed)
     callbacks: list[Any] = [
         cb.EpochSeed(cfg.train.seed),
-        cb.NonFiniteGuard(),
+        cb.NonFiniteGuard(folder),
         cb.GradientMonitor(folder, cfg.train.diagnostics.grad_monitor_every),
         guard,
         cb.RunLogger(folder, early.monitor),
@@ -237,12 +239,14 @@ def train_run(
 
     say("forecasting the validation and test segments with the best checkpoint")
     best_path = checkpoint.best_model_path or str(folder.checkpoints / "last.ckpt")
-    best = ForecastModule.load_from_checkpoint(best_path, map_location="cpu")
+    device = trainer.strategy.root_device
+    best = ForecastModule.load_from_checkpoint(best_path, map_location=device)
     frames = {}
     for split_name, loader in (("valid", data.val_dataloader()), ("test", _maybe_test_loader(data))):
         if loader is None:
             continue
-        frames[split_name] = predict_frame(best, loader, panel)
+        with trainer.precision_plugin.forward_context():  # the precision that validation ran in
+            frames[split_name] = predict_frame(best, loader, panel)
         frames[split_name].write_parquet(folder.predictions / f"{split_name}.parquet")
     summary = {
         "run_dir": str(root),
@@ -250,7 +254,7 @@ def train_run(
         "parameters": n_params,
         "epochs_run": trainer.current_epoch,
         "best_checkpoint": best_path,
-        "best_epoch": _best_epoch(folder.metrics, early.monitor, early.mode),
+        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]),
         "monitor": early.monitor,
         "head_resets": guard.resets,
         "degeneracy_warnings": guard.warnings,
@@ -268,6 +272,12 @@ def train_run(
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     folder.event("end", seconds=summary["seconds"], best_epoch=summary["best_epoch"])
     return summary
+
+
+def market_ids(data_path: Path) -> np.ndarray | None:
+    """Each stock's market segment id (0 = unknown) in stock-id order, or None for datasets built before it."""
+    stocks = pl.read_parquet(data_path / "stocks.parquet", glob=False)
+    return stocks.sort("stock_id")["market_id"].to_numpy() if "market_id" in stocks.columns else None
 
 
 def _maybe_test_loader(data: DayDataModule) -> Any:
@@ -299,15 +309,3 @@ def oracle_rank_ic(frame: pl.DataFrame, oracle_path: Path) -> dict[str, float]:
         )
         out[f"rankic_{h}d"] = mean_daily_rank_ic(rows, column, "label")
     return out
-
-
-def _best_epoch(metrics_csv: Path, monitor: str, mode: str) -> int | None:
-    if not metrics_csv.exists():
-        return None
-    table = pl.read_csv(metrics_csv)
-    column = "val_loss" if monitor == "val/loss" else "val_" + monitor.removeprefix("val/")
-    if column not in table.columns or table[column].drop_nulls().drop_nans().len() == 0:
-        return None
-    values = table.select("epoch", column).drop_nulls().filter(pl.col(column).is_not_nan())
-    best = values.sort(column, descending=mode == "max").row(0)
-    return int(best[0])
