@@ -304,12 +304,12 @@ def test_local_indices_for_a_subset_in_any_order():
 
 def test_default_config_section_and_env_switch():
     """The real ``model.graph`` section works as cfg; DISABLE_GRAPH_BUILDER gives an empty graph."""
-    panel = make_panel(factor_returns(10, 70, seed=15))
+    panel = make_panel(factor_returns(10, 260, seed=15))  # the default window needs 125 observed days
     cfg = load_config(None, env={}).cfg
-    edge_index, _ = DayGraphBuilder(panel, cfg.model.graph)(69, np.arange(10))
+    edge_index, _ = DayGraphBuilder(panel, cfg.model.graph)(259, np.arange(10))
     assert edge_index.shape[1] > 0
     disabled = load_config(None, env={"DISABLE_GRAPH_BUILDER": "1"}).cfg
-    assert DayGraphBuilder(panel, disabled.model.graph)(69, np.arange(10))[0].shape == (2, 0)
+    assert DayGraphBuilder(panel, disabled.model.graph)(259, np.arange(10))[0].shape == (2, 0)
 
 
 # --------------------------------------------------------------------------------------------------
