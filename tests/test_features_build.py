@@ -19,7 +19,6 @@ from atft.features.dataset import DatasetError, read_dataset_manifest, select_fe
 from atft.features.guard import DatasetGuardError, check_dataset, guard_dataset
 
 runner = CliRunner()
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
 
 
 @pytest.fixture(scope="module")
@@ -204,22 +203,6 @@ def test_cli_build_info_and_splits(built, tmp_path):
     )
     assert splits.exit_code == 0, splits.output
     assert "train" in splits.output and "test" in splits.output and "2016" in splits.output
-
-
-@pytest.fixture(scope="module")
-def real_dataset(tmp_path_factory) -> Path:
-    if not (SAMPLE / "prices.parquet").is_file():
-        pytest.skip(f"real JP sample not found at {SAMPLE}; it lives in ../shared/data beside the repo")
-    root = tmp_path_factory.mktemp("real_build")
-    imported = runner.invoke(
-        app,
-        ["data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index", str(SAMPLE / "index_n225.parquet"),
-         "--listed-info", str(SAMPLE / "listed_info.csv"), "--out", str(root / "raw")],
-    )  # fmt: skip
-    assert imported.exit_code == 0, imported.output
-    built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
-    assert built.exit_code == 0, built.output
-    return root / "dataset"
 
 
 @pytest.mark.real_data

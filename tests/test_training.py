@@ -25,7 +25,6 @@ from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
 from atft.training.run import resolve_hardware, train_run
 
 runner = CliRunner()
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
 
 # A small model on a small market: every run below takes seconds.
 TINY = [
@@ -334,22 +333,10 @@ def test_two_ddp_processes_train_on_different_days(tiny_dataset, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_real_jp_two_epochs_end_to_end(tmp_path):
-    if not (SAMPLE / "prices.parquet").is_file():
-        pytest.skip(f"real JP sample not found at {SAMPLE}; it lives in ../shared/data beside the repo")
-    imported = runner.invoke(
-        app,
-        ["data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index", str(SAMPLE / "index_n225.parquet"),
-         "--listed-info", str(SAMPLE / "listed_info.csv"), "--out", str(tmp_path / "raw")],
-    )  # fmt: skip
-    assert imported.exit_code == 0, imported.output
-    built = runner.invoke(
-        app, ["data", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "dataset")]
-    )
-    assert built.exit_code == 0, built.output
+def test_real_jp_two_epochs_end_to_end(real_dataset, tmp_path):
     result = runner.invoke(
         app,
-        ["train", "--data-path", str(tmp_path / "dataset"), "--max-epochs", "2", "--run-name", "jp",
+        ["train", "--data-path", str(real_dataset), "--max-epochs", "2", "--run-name", "jp",
          "model.hidden_size=16", "model.gat.heads=2", "model.temporal.attention_heads=2",
          "data.split.window=sliding", "data.split.train_days=150", "data.split.valid_days=80",
          "data.split.test_days=80", f"train.runs_dir={tmp_path / 'runs'}"],

@@ -95,8 +95,8 @@ class RunLogger(Callback):
     statistics and the fusion gate's, and the epoch's wall time.
     """
 
-    def __init__(self, folder: RunFolder, monitor: str) -> None:
-        self.folder, self.monitor = folder, monitor
+    def __init__(self, folder: RunFolder, horizon: int) -> None:
+        self.folder, self.horizon = folder, horizon  # the horizon train.log quotes RankIC and SCALE at
         self._started = time.time()
         self._days: list[int] = []
 
@@ -144,28 +144,15 @@ class RunLogger(Callback):
 
     def line(self, epoch: int, train: dict[str, float], val: dict[str, float], lr: float) -> str:
         """``Epoch 10: train=0.7829 / val=0.7950 | RankIC5d=0.041 SCALE5d=0.62 | lr=2.0e-04``."""
-        horizon = _monitor_horizon(self.monitor, val)
+        h = self.horizon
         parts = [
             f"Epoch {epoch}: train={train.get('loss', math.nan):.4f} / val={val.get('loss', math.nan):.4f}"
         ]
-        if horizon is not None:
-            h = horizon
-            parts.append(
-                f"RankIC{h}d={val.get(f'rankic_{h}d', math.nan):.3f} SCALE{h}d={val.get(f'scale_{h}d', math.nan):.2f}"
-            )
+        parts.append(
+            f"RankIC{h}d={val.get(f'rankic_{h}d', math.nan):.3f} SCALE{h}d={val.get(f'scale_{h}d', math.nan):.2f}"
+        )
         parts.append(f"lr={lr:.1e}")
         return " | ".join(parts)
-
-
-def _monitor_horizon(monitor: str, val: dict[str, float]) -> int | None:
-    """The horizon the early-stopping monitor watches, or the first validated horizon."""
-    if monitor.endswith("d") and "_" in monitor:
-        try:
-            return int(monitor.rsplit("_", 1)[1][:-1])
-        except ValueError:
-            pass
-    horizons = sorted(int(k.rsplit("_", 1)[1][:-1]) for k in val if k.startswith("rankic_"))
-    return horizons[0] if horizons else None
 
 
 class GradientMonitor(Callback):

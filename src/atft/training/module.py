@@ -121,13 +121,18 @@ class ForecastModule(L.LightningModule):
         n_days = len(batch["dates"])
         self.last_scale = daily_scale(out["point"], batch["y"], batch["y_mask"], batch["day"], n_days).cpu()
         self._add("loss", float(total.detach()))
-        for name, value in terms.items():
-            self._add(f"loss_{name}", float(value.detach()))
-        point = out["point"].detach().float()
+        for name, raw in self.loss.last_raw.items():  # terms[name] == weight * raw, already read back
+            self._add(f"loss_{name}", self.loss.weights[name] * raw)
+        point = out["point"].detach().float()  # [N, H]
+        # one transfer for the per-horizon statistics, not one sync per value
+        means, stds = (
+            point.mean(0).tolist(),
+            (point.std(0) if len(point) > 1 else torch.full_like(point[0], math.nan)).tolist(),
+        )
         for j, h in enumerate(self.horizons):
             self._add(f"scale_{h}d", float(self.last_scale[j]))
-            self._add(f"head_mean_{h}d", float(point[:, j].mean()))
-            self._add(f"head_std_{h}d", float(point[:, j].std()) if len(point) > 1 else math.nan)
+            self._add(f"head_mean_{h}d", means[j])
+            self._add(f"head_std_{h}d", stds[j])
         if self.model.gate_stats is not None:
             gate_mean, gate_std = self.model.gate_stats
             self._add("gate_mean", float(gate_mean))

@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from atft.config.schema import parse_monitor
 from atft.data.panel import DayPanel
 from atft.data.splits import splits_from_config, trading_calendar
 from atft.evaluation.metrics import horizon_metrics, mean_daily_rank_ic
@@ -195,7 +196,7 @@ def train_run(
         cb.NonFiniteGuard(folder),
         cb.GradientMonitor(folder, cfg.train.diagnostics.grad_monitor_every),
         guard,
-        cb.RunLogger(folder, early.monitor),
+        cb.RunLogger(folder, parse_monitor(early.monitor)[1] or horizons[0]),
         checkpoint,
         EarlyStopping(monitor=early.monitor, mode=early.mode, patience=early.patience, check_finite=False),
     ]

@@ -1,0 +1,29 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from atft.cli.app import app
+
+runner = CliRunner()
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
+
+
+@pytest.fixture(scope="session")
+def real_dataset(tmp_path_factory) -> Path:
+    if not (SAMPLE / "prices.parquet").is_file():
+        pytest.skip(f"real JP sample not found at {SAMPLE}; it lives in ../shared/data beside the repo")
+    root = tmp_path_factory.mktemp("real_build")
+    imported = runner.invoke(
+        app,
+        ["data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index", str(SAMPLE / "index_n225.parquet"),
+         "--listed-info", str(SAMPLE / "listed_info.csv"), "--out", str(root / "raw")],
+    )  # fmt: skip
+    assert imported.exit_code == 0, imported.output
+    built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
+    assert built.exit_code == 0, built.output
+    return root / "dataset"
