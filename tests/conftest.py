@@ -27,3 +27,16 @@ def real_dataset(tmp_path_factory) -> Path:
     built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
     assert built.exit_code == 0, built.output
     return root / "dataset"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 60-stock, 420-day synthetic market, built: small enough that a run on it takes seconds."""
+    root = tmp_path_factory.mktemp("tiny_market")
+    synth = runner.invoke(
+        app, ["data", "synth", "--out", str(root / "raw"), "--stocks", "60", "--days", "420", "--seed", "3"]
+    )
+    assert synth.exit_code == 0, synth.output
+    built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
+    assert built.exit_code == 0, built.output
+    return root / "dataset"

@@ -51,6 +51,8 @@ def two_day_graph(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         ("model.head.variant=apex",),
         ("model.head.use_layernorm=true", "model.head.layer_scale=0"),
         ("model.temporal.lstm_layers=2", "model.gat.layers=2"),
+        ("model.shortcut=false",),
+        ("model.shortcut=false", "model.graph.mode=none"),
     ],
 )
 def test_shapes_and_switches(overrides):
@@ -85,6 +87,42 @@ def test_the_graph_changes_predictions_only_through_linked_stocks():
     moved = model(x2, edge_index, edge_attr)["point"]
     assert torch.allclose(base[:6], moved[:6])  # the first day never sees it
     assert not torch.allclose(base[6:], moved[6:])
+
+
+def test_the_gat_passes_only_the_neighbours_message_and_isolated_stocks_hear_nothing():
+    model = make_model()
+    x = torch.randn(6, 10, 8)
+    # stocks 0-1-2 form a path; 3, 4, 5 have no edges that day
+    edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    edge_attr = torch.rand(4, 3)
+    h = torch.randn(6, 16, requires_grad=True)
+    message = model.gat(h, edge_index, edge_attr)
+    assert torch.equal(message[3:], torch.zeros(3, 16))
+    assert (message[:3].norm(dim=-1) > 1).all()
+    # no self loop: stock 0's message depends on its neighbour 1 only, not on itself
+    (grad,) = torch.autograd.grad(message[0] @ torch.randn(16), h)  # (a LayerNorm output sums to 0)
+    assert grad[0].abs().max() == 0 and grad[1].abs().max() > 0 and grad[2:].abs().max() == 0
+    # with isolated stocks in the batch the gradients stay small (a constant vector's LayerNorm would blow up)
+    model(x, edge_index, edge_attr)["point"].sum().backward()
+    gat_norm = torch.cat([p.grad.flatten() for p in model.gat.parameters() if p.grad is not None]).norm()
+    assert torch.isfinite(gat_norm) and gat_norm < 1e3
+
+
+def test_the_shortcut_reads_the_last_day_and_the_neighbours_mean():
+    model = make_model()
+    shortcut = model.shortcut
+    assert shortcut is not None and torch.equal(shortcut.proj.weight, torch.zeros_like(shortcut.proj.weight))
+    with torch.no_grad():
+        shortcut.proj.weight.copy_(torch.eye(16, 16))  # own features -> 0..7, neighbour mean -> 8..15
+    x_last = torch.randn(4, 8)
+    edge_index = torch.tensor([[1, 2, 0, 0], [0, 0, 1, 2]])  # stock 0 hears 1 and 2; 3 is isolated
+    edge_attr = torch.tensor([[0.5, 0, 0], [-0.25, 0, 0], [0.5, 0, 0], [-0.25, 0, 0]])
+    out = shortcut(x_last, edge_index, edge_attr)
+    torch.testing.assert_close(out[:, :8], x_last)
+    expected = (0.5 * x_last[1] + 0.25 * x_last[2]) / 0.75  # weighted by |corr|
+    torch.testing.assert_close(out[0, 8:], expected)
+    torch.testing.assert_close(out[1, 8:], x_last[0])
+    assert torch.equal(out[3, 8:], torch.zeros(8))
 
 
 def test_fan_separates_the_dominant_frequency():
@@ -131,7 +169,7 @@ def test_target_scale_sets_the_unit_of_each_horizon():
 @pytest.mark.parametrize("hidden", [64, 128, 256])
 def test_parameter_counts_match_the_readme(hidden):
     """README's table of default parameter counts (94 features, 4 horizons, 5 quantiles) must stay true."""
-    documented = {64: 183_602, 128: 636_402, 256: 2_377_586}
+    documented = {64: 195_506, 128: 660_210, 256: 2_425_202}
     cfg = model_cfg(f"model.hidden_size={hidden}")
     model = ATFTGATFAN(94, HORIZONS, list(cfg.quantiles), cfg)
     assert count_parameters(model) == documented[hidden]

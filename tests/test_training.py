@@ -40,18 +40,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_market")
-    synth = runner.invoke(
-        app, ["data", "synth", "--out", str(root / "raw"), "--stocks", "60", "--days", "420", "--seed", "3"]
-    )
-    assert synth.exit_code == 0, synth.output
-    built = runner.invoke(app, ["data", "build", "--raw", str(root / "raw"), "--out", str(root / "dataset")])
-    assert built.exit_code == 0, built.output
-    return root / "dataset"
-
-
 def tiny_cfg(*overrides: str, epochs: int = 2):
     return load_config(None, [*TINY, f"train.max_epochs={epochs}", *overrides], env={}).cfg
 

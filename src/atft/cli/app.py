@@ -7,6 +7,7 @@ import typer
 from atft.cli import config as config_cli
 from atft.cli import data as data_cli
 from atft.cli.demo import demo
+from atft.cli.evaluate import backtest, diagnose, evaluate
 from atft.cli.train import train
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(config_cli.app, name="config")
 app.command()(train)
+app.command()(evaluate)
+app.command()(backtest)
+app.command()(diagnose)
 app.command(help="Run the main job on the built-in synthetic market and print where the results are.")(demo)
 
 

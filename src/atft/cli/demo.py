@@ -18,10 +18,11 @@ def demo(
     days: int = typer.Option(1500, "--days", help="Number of synthetic trading days."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     epochs: int = typer.Option(
-        2, "--epochs", help="Training epochs (0 skips training; the cpu preset runs 6)."
+        3, "--epochs", help="Training epochs (0 stops after loading; the cpu preset runs up to 6)."
     ),
 ) -> None:
-    """Synthesize a market, build its dataset, split it, train ATFT-GAT-FAN on it and score the test period."""
+    """The whole path on a synthetic market: synthesize, build, split, train ATFT-GAT-FAN, evaluate the test
+    period against the oracle, backtest the 5-day forecasts and diagnose the run (report.md)."""
     from atft.config import load_config
     from atft.data.splits import splits_from_config, trading_calendar
     from atft.data.synthetic import SynthParams, synthesize, write_synthetic
@@ -74,11 +75,14 @@ def demo(
 
 
 def _train(dataset: Path, run_dir: Path, epochs: int) -> None:
-    """Train the default model for a few epochs and compare its test RankIC with the oracle's."""
+    """Train the default model for a few epochs, then evaluate, backtest and diagnose the run."""
     import shutil
 
+    from atft.cli.evaluate import evaluation_table
     from atft.cli.train import say
     from atft.config import load_config
+    from atft.evaluation.run_eval import backtest_run, evaluate_run
+    from atft.reporting.doctor import diagnose_run
     from atft.training.run import train_run
 
     with user_errors():
@@ -89,21 +93,26 @@ def _train(dataset: Path, run_dir: Path, epochs: int) -> None:
             overrides.append("train.scheduler.warmup_epochs=0")
         cfg = load_config(overrides=overrides).cfg
         summary = train_run(cfg, dataset, run_dir, say=say)
-    test, oracle = summary.get("test_metrics", {}), summary.get("oracle_test_rankic", {})
-    table = Table(title=f"Test period, best of {summary['epochs_run']} epoch(s): mean daily RankIC")
-    for column in ("horizon", "model", "oracle", "share of oracle", "long-short Sharpe (net)"):
-        table.add_column(column)
-    for h in cfg.data.horizons:
-        model, best = test.get(f"rankic_{h}d", float("nan")), oracle.get(f"rankic_{h}d", float("nan"))
-        table.add_row(
-            f"{h}d",
-            f"{model:.4f}",
-            f"{best:.4f}",
-            f"{model / best:.0%}",
-            f"{test.get(f'sharpe_{h}d', float('nan')):.2f}",
-        )
-    console.print(table)
+        evaluation, _ = evaluate_run(run_dir, split="test", say=say)
+        say("backtesting the 5-day forecasts")
+        trade, _ = backtest_run(run_dir, horizon=5)
+        say("diagnosing the run")
+        diagnosis = diagnose_run(run_dir, html=True)
     console.print(
-        f"Run folder [bold]{escape(str(run_dir))}[/] (metrics.csv, train.log, events.jsonl, predictions/). "
-        f"A full run: [bold]atft train --data-path {escape(str(dataset))}[/]"
+        evaluation_table(
+            evaluation.metrics, title=f"Test period, best of {summary['epochs_run']} epoch(s) (atft evaluate)"
+        )
+    )
+    s = trade.summary
+    console.print(
+        f"Backtest (atft backtest): long-short top/bottom {cfg.eval.quantile:.0%} on the 5-day forecasts, "
+        f"5 staggered books, {cfg.eval.cost_bps:g} bps per side: net Sharpe {s['sharpe']:.2f}, "
+        f"annual return {s['annual_return']:.1%}, max drawdown {s['max_drawdown']:.1%}, "
+        f"daily turnover {s['mean_turnover']:.0%}",
+        highlight=False,
+    )
+    console.print(f"Diagnosis (atft diagnose): [bold]{escape(diagnosis.status)}[/], grade {diagnosis.grade}")
+    console.print(
+        f"Report: [bold]{escape(str(diagnosis.report_md))}[/] (and report.html). Run folder "
+        f"[bold]{escape(str(run_dir))}[/]. A full run: [bold]atft train --data-path {escape(str(dataset))}[/]"
     )

@@ -191,6 +191,8 @@ class ModelConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     gat: GatConfig = field(default_factory=GatConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # A linear path from the last day's features (and, with the graph, their neighbour mean) to the heads.
+    shortcut: bool = True
     quantiles: list[float] = field(
         default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95],
         metadata={"gt": 0.0, "lt": 1.0, "min_length": 1, "increasing": True},
@@ -278,6 +280,9 @@ class TrainConfig:
     runs_dir: str = "runs"
     # DataLoader worker processes; 0 loads days in the training process (best on 2 cores).
     num_workers: int = field(default=0, metadata={"ge": 0})
+    # Exponential moving average of the weights, per optimizer step; validation, checkpoints and forecasts
+    # use the average. 0 switches it off.
+    ema_decay: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -316,10 +316,14 @@ class DayDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False)
+        return self.eval_dataloader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.eval_dataloader("test")
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split in calendar order, unshuffled: for forecasting it after training."""
+        return self._loader(split, shuffle=False)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per split: days kept and dropped (with reasons), stock-windows, labels masked by the cutoff."""

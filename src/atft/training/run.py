@@ -28,7 +28,7 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from atft.config.schema import parse_monitor
@@ -138,39 +138,13 @@ def train_run(
             (root / "run.json").write_text(json.dumps({"data_path": str(data_path.resolve())}, indent=2))
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    say("checking the dataset (guard)")
-    report = guard_dataset(data_path, cfg)
-    report.raise_if_failed()
-    manifest = read_dataset_manifest(data_path)
+    panel, split, data = load_segments(cfg, data_path, say=say)
     horizons = list(cfg.data.horizons)
-    missing = [h for h in horizons if h not in manifest["horizons"]]
-    if missing:
-        raise ValueError(
-            f"{data_path} has no labels for horizon(s) {missing}: its horizons are {manifest['horizons']}"
-        )
-
-    say("loading the panel")
-    panel = DayPanel.load(data_path, labels=[f"target_{h}d" for h in horizons])
-    split = splits_from_config(trading_calendar(data_path), cfg)[-1]
     hardware = resolve_hardware(cfg.train.trainer)
     for note in hardware.notes:
         say(note)
         folder.event("hardware_fallback", message=note)
 
-    graph = None
-    if cfg.model.gat.enabled and cfg.model.graph.mode != "none":
-        graph = DayGraphBuilder(panel, cfg.model.graph, market_id=market_ids(data_path))
-    data = DayDataModule.from_split(
-        panel,
-        split,
-        lookback=cfg.data.lookback,
-        days_per_batch=cfg.train.batch.days_per_batch,
-        min_stocks=cfg.data.min_stocks_per_day,
-        seed=cfg.train.seed,
-        num_workers=cfg.train.num_workers,
-        graph=graph,
-    )
-    data.setup()
     target_scale = data.datasets["train"].label_std()
     if not np.isfinite(target_scale).all() or (target_scale <= 0).any():
         raise ValueError(
@@ -200,6 +174,8 @@ def train_run(
         checkpoint,
         EarlyStopping(monitor=early.monitor, mode=early.mode, patience=early.patience, check_finite=False),
     ]
+    if cfg.train.ema_decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     if cfg.train.diagnostics.head_diagnostics:
         callbacks.insert(4, cb.HeadDiagnostics(folder))
     if os.environ.get(cb.CRASH_ENV):
@@ -273,6 +249,45 @@ def train_run(
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     folder.event("end", seconds=summary["seconds"], best_epoch=summary["best_epoch"])
     return summary
+
+
+def load_segments(
+    cfg: DictConfig, data_path: Path, *, say: Say = print
+) -> tuple[DayPanel, Any, DayDataModule]:
+    """Guard the dataset, load its panel and serve the last walk-forward fold's segments (with the day graph).
+
+    The one place where a run's data is assembled, so that evaluating a run later serves exactly the days
+    and graphs that training saw.
+    """
+    say("checking the dataset (guard)")
+    report = guard_dataset(data_path, cfg)
+    report.raise_if_failed()
+    manifest = read_dataset_manifest(data_path)
+    horizons = list(cfg.data.horizons)
+    missing = [h for h in horizons if h not in manifest["horizons"]]
+    if missing:
+        raise ValueError(
+            f"{data_path} has no labels for horizon(s) {missing}: its horizons are {manifest['horizons']}"
+        )
+
+    say("loading the panel")
+    panel = DayPanel.load(data_path, labels=[f"target_{h}d" for h in horizons])
+    split = splits_from_config(trading_calendar(data_path), cfg)[-1]
+    graph = None
+    if cfg.model.gat.enabled and cfg.model.graph.mode != "none":
+        graph = DayGraphBuilder(panel, cfg.model.graph, market_id=market_ids(data_path))
+    data = DayDataModule.from_split(
+        panel,
+        split,
+        lookback=cfg.data.lookback,
+        days_per_batch=cfg.train.batch.days_per_batch,
+        min_stocks=cfg.data.min_stocks_per_day,
+        seed=cfg.train.seed,
+        num_workers=cfg.train.num_workers,
+        graph=graph,
+    )
+    data.setup()
+    return panel, split, data
 
 
 def market_ids(data_path: Path) -> np.ndarray | None:
