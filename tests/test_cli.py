@@ -75,8 +75,10 @@ def test_demo_writes_the_synthetic_market(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "demo" / "raw" / "manifest.json").is_file()
     assert (tmp_path / "demo" / "dataset" / "features.parquet").is_file()
-    assert (tmp_path / "demo" / "run" / "summary.json").is_file()
-    assert "Test period" in r.output and "share of oracle" in r.output
+    run = tmp_path / "demo" / "run"
+    for written in ("summary.json", "eval/metrics.json", "backtest/long_short_5d/summary.json", "report.md"):
+        assert (run / written).is_file(), written
+    assert "Test period" in r.output and "capture" in r.output and "Diagnosis" in r.output
     assert "Oracle" in r.output and "guard passed" in r.output
     for split in ("train", "valid", "test"):
         assert split in r.output

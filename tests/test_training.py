@@ -98,7 +98,7 @@ def test_run_folder_is_complete(tiny_run):
     kinds = {e["event"] for e in events}
     assert {"start", "grad_norm", "head_stats", "days_seen", "end"} <= kinds
     grad = next(e for e in events if e["event"] == "grad_norm")
-    assert set(grad["norms"]) == {"fan", "vsn", "temporal", "gat", "fusion", "heads"}
+    assert set(grad["norms"]) == {"fan", "vsn", "temporal", "gat", "fusion", "shortcut", "heads"}
 
     preds = pl.read_parquet(run_dir / "predictions" / "test.parquet")
     assert preds.columns[:5] == ["date", "code", "horizon", "prediction", "label"]
