@@ -267,10 +267,24 @@ def test_oracle_must_cover_every_scored_row(preds):
         evaluate_predictions(preds, oracle=holed)
 
 
-@pytest.mark.parametrize("column", ["date", "code", "oracle_1d", "oracle_5d"])
+@pytest.mark.parametrize("column", ["date", "code"])
 def test_oracle_missing_column(preds, column):
     with pytest.raises(ValueError, match=f"oracle is missing column '{column}'"):
         evaluate_predictions(preds, oracle=make_oracle(preds).drop(column))
+
+
+def test_a_horizon_the_oracle_does_not_cover_gets_no_oracle_metrics(preds):
+    partial = evaluate_predictions(preds, oracle=make_oracle(preds).drop("oracle_1d"))
+    full = evaluate_predictions(preds, oracle=make_oracle(preds))
+    assert "oracle_rankic" not in partial.metrics["1d"] and "capture" not in partial.metrics["1d"]
+    assert partial.metrics["5d"]["capture"] == full.metrics["5d"]["capture"]
+    assert list(partial.metrics["ic_decay"]["oracle_rankic"]) == ["5d"]
+    assert (
+        partial.per_day.filter(pl.col("horizon") == 1)["oracle_rankic"].null_count()
+        == partial.per_day.filter(pl.col("horizon") == 1).height
+    )
+    with pytest.raises(ValueError, match="oracle has none of the columns"):
+        evaluate_predictions(preds, oracle=make_oracle(preds).drop("oracle_1d", "oracle_5d"))
 
 
 # ---- bad input ------------------------------------------------------------------------------------------

@@ -106,6 +106,33 @@ def test_bad_run_folders_and_options_get_clear_errors(tiny_run, tmp_path):
     assert result.exit_code != 0 and "horizons [1, 5, 10, 20]" in result.output
     result = runner.invoke(app, ["diagnose", str(tmp_path)])
     assert result.exit_code != 0 and "metrics.csv" in result.output
+    result = runner.invoke(app, ["backtest", str(tiny_run), "--holding-days", "0"])
+    assert result.exit_code != 0 and "holding_days" in result.output
+
+
+def test_a_run_that_died_before_its_first_epoch_is_still_diagnosed(tiny_run, tmp_path):
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    for name in ("config.yaml", "run.json"):
+        (dead / name).write_text((tiny_run / name).read_text())
+    out = cli("diagnose", str(dead))
+    assert "no_epochs" in out and (dead / "report.md").is_file()
+
+
+def test_evaluation_refuses_a_dataset_rebuilt_with_other_features(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval", "backtest", "report*"))
+    data_path = json.loads((copy / "run.json").read_text())["data_path"]
+    rebuilt = tmp_path / "dataset"
+    shutil.copytree(data_path, rebuilt)
+    manifest = json.loads((rebuilt / "manifest.json").read_text())
+    manifest["model_features"] = manifest["model_features"][::-1]  # same features, another order
+    (rebuilt / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "run.json").write_text(json.dumps({"data_path": str(rebuilt)}))
+    result = runner.invoke(app, ["evaluate", str(copy)])
+    assert result.exit_code != 0 and "was the dataset rebuilt" in result.output
 
 
 @pytest.mark.real_data

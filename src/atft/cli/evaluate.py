@@ -128,8 +128,13 @@ def diagnose(
     from atft.reporting.doctor import diagnose_run
 
     with user_errors():
-        if not (Path(run_dir) / "metrics.csv").is_file():
-            raise FileNotFoundError(f"{Path(run_dir) / 'metrics.csv'} not found: is {run_dir} a run folder?")
+        # A run that died in its first epoch has no metrics.csv yet: the doctor still reads the rest.
+        if not any(
+            (Path(run_dir) / name).is_file() for name in ("metrics.csv", "config.yaml", "summary.json")
+        ):
+            raise FileNotFoundError(
+                f"{run_dir} has no metrics.csv, config.yaml or summary.json: is it a run folder of `atft train`?"
+            )
         diagnosis = diagnose_run(run_dir, html=html)
     main = diagnosis.main
     console.print(

@@ -106,7 +106,9 @@ def evaluate_predictions(
             "n_unlabelled": rows.height - int(n_labelled),
             "n_scored": scored.height,
         }
-        if oracle is not None:
+        if oracle is not None and f"oracle_{key}" not in oracle.columns:
+            days = days.with_columns(oracle_rankic=pl.lit(None, dtype=pl.Float64))
+        elif oracle is not None:
             oracle_days = _oracle_daily(scored, oracle, f"oracle_{key}", min_stocks=min_stocks)
             days = days.join(oracle_days, on="date", how="left")
             oracle_rankic = _float(oracle_days["oracle_rankic"].mean())
@@ -121,7 +123,11 @@ def evaluate_predictions(
         "rankic": {f"{h}d": metrics[f"{h}d"]["rankic"] for h in horizons},
     }
     if oracle is not None:
-        metrics["ic_decay"]["oracle_rankic"] = {f"{h}d": metrics[f"{h}d"]["oracle_rankic"] for h in horizons}
+        metrics["ic_decay"]["oracle_rankic"] = {
+            f"{h}d": metrics[f"{h}d"]["oracle_rankic"]
+            for h in horizons
+            if "oracle_rankic" in metrics[f"{h}d"]
+        }
     metrics["settings"] = {
         "top_k": top_k,
         "cost_bps": cost_bps,
@@ -197,7 +203,10 @@ def _checked_oracle(oracle: pl.DataFrame, preds: pl.DataFrame, horizons: list[in
         oracle, "oracle", "date", lambda t: t == preds.schema["date"], f"{preds.schema['date']} like preds"
     )
     _require(oracle, "oracle", "code", lambda t: t == pl.String, "a string")
-    columns = [f"oracle_{h}d" for h in horizons]
+    # A horizon the oracle does not cover (the synthetic one knows 1, 5, 10, 20 days) gets no oracle metrics.
+    columns = [f"oracle_{h}d" for h in horizons if f"oracle_{h}d" in oracle.columns]
+    if not columns:
+        raise ValueError(f"oracle has none of the columns {[f'oracle_{h}d' for h in horizons]}")
     for column in columns:
         _require(oracle, "oracle", column, _is_number, "numeric")
     _check_unique(oracle, ["date", "code"], "oracle")

@@ -81,7 +81,16 @@ def evaluate_run(
     say(f"forecasting the {split} segment with {checkpoint.name}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = ForecastModule.load_from_checkpoint(checkpoint, map_location=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, device)):
+    trained_on = list(module.hparams["feature_names"])
+    if trained_on != panel.feature_names:
+        changed = [f"{a}->{b}" for a, b in zip(trained_on, panel.feature_names, strict=False) if a != b][:3]
+        raise ValueError(
+            f"{data_path} no longer has the features {checkpoint} was trained on ({len(trained_on)} then, "
+            f"{len(panel.feature_names)} now; first differences: {changed or 'extra or missing at the end'}): "
+            "was the dataset rebuilt? Evaluate on the dataset the run was trained on"
+        )
+    dtype = _autocast_dtype(cfg, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         preds = predict_frame(module, data.eval_dataloader(split), panel)
     say("scoring")
     result = evaluate_predictions(
@@ -92,13 +101,14 @@ def evaluate_run(
     return result, out
 
 
-def _bf16(cfg: DictConfig, device: torch.device) -> bool:
-    """Forecast in bf16 where the run trained in it (on a GPU that has it), as validation did."""
-    return (
-        device.type == "cuda"
-        and str(cfg.train.trainer.precision) == "bf16-mixed"
-        and torch.cuda.is_bf16_supported()
-    )
+def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    """The mixed precision the run validated in on a GPU (None: full precision), as Lightning maps it."""
+    if device.type != "cuda":
+        return None
+    precision = str(cfg.train.trainer.precision)
+    if precision == "bf16-mixed":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if precision == "16-mixed" else None
 
 
 def run_predictions(run_dir: Path, split: str = "test") -> pl.DataFrame:
@@ -153,7 +163,7 @@ def backtest_run(
         strategy=strategy,  # type: ignore[arg-type]
         top_k=top_k,
         quantile=quantile,
-        holding_days=holding_days or horizon,
+        holding_days=horizon if holding_days is None else holding_days,
         cost_bps=float(cfg.eval.cost_bps) if cost_bps is None else cost_bps,
     )
     out = Path(run_dir) / "backtest" / f"{strategy}_{horizon}d"

@@ -4,13 +4,14 @@ One day's cross-section of stock windows goes in; per-horizon point and quantile
 
     x [N, L, F]  ->  FAN  ->  variable selection  ->  LSTM + causal attention  ->  h [N, H]
                                                                           |
-                               day graph (edge_index, edge_attr)  ->  GATv2  ->  g [N, H]
+                               day graph (edge_index, edge_attr)  ->  GATv2  ->  g [N, H] (neighbours' message)
                                                                           |
-                                     gated fusion  z = h + gate * rescale(g)  ->  heads  ->  forecasts
+                                     gated fusion  z = h + gate * rescale(g)
+    x[:, -1] and its neighbour mean  ->  linear shortcut  ->  z + s  ->  heads  ->  forecasts
 
 N is the number of stock-windows in the batch (several days concatenated; the graph never links two days),
 L the lookback, F the features, H the hidden size. Every part has a switch so that it can be ablated:
-``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``head.variant``.
+``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``shortcut``, ``head.variant``.
 
 The previous system gave every feature its own gated residual network inside the variable selection
 network (16.5M of its 20M parameters). Here each feature has its own *linear* embedding, and one shared
@@ -228,7 +229,9 @@ class FeatureShortcut(nn.Module):
     It gives the network the function class of a ridge regression on today's features and today's
     neighbours' features, which on the noisy panel the deep path alone does not reliably reach (docs/
     decisions.md). Zero at init, so training starts from the deep path alone; weight decay shrinks it as
-    ridge would. The neighbour mean weighs each neighbour by |corr| (edge attribute 0).
+    ridge would. The neighbour mean weighs each neighbour by |corr| (edge attribute 0); it is zero for a
+    stock without neighbours, and for one whose neighbours all have corr 0 (too little shared history, or
+    links that come from the sector alone in ``graph.mode=sector``).
     """
 
     def __init__(self, n_features: int, hidden: int, use_graph: bool) -> None:

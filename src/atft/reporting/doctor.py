@@ -710,6 +710,8 @@ def _disabled(module: str, config: dict[str, Any]) -> bool:
         return not cfg_get(config, "model.gat.enabled", True) or cfg_get(config, "model.graph.mode") == "none"
     if module == "fan":
         return not cfg_get(config, "model.fan.enabled", True)
+    if module == "shortcut":
+        return not cfg_get(config, "model.shortcut", True)
     return False
 
 

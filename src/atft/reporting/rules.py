@@ -401,6 +401,7 @@ def vanishing_gradients(f: Facts, th: dict[str, Any]) -> Finding:
         "vsn": {"model.vsn.enabled": False},
         "gat": {"model.graph.mode": "none"},
         "fusion": {"model.graph.mode": "none"},
+        "shortcut": {"model.shortcut": False},
     }
     first = g.vanishing[0] if g.vanishing else ""
     overrides = switch.get(first, {"train.optimizer.lr": _lr(f) * 3})
