@@ -16,12 +16,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-# Trading days per year, for annualizing daily statistics.
-TRADING_DAYS = 252
-
-# Guards floor(quantile * n) against float round-off: 0.29 * 100 is 28.999999999999996 in binary floating
-# point, which is 29 stocks, not 28 (the same allowance as the validation Sharpe of metrics.py).
-_EPS = 1e-9
+from atft.evaluation.metrics import ROUNDOFF_EPS, TRADING_DAYS
 
 Strategy = Literal["long_short", "long_only"]
 
@@ -284,7 +279,7 @@ def _targets(
 ) -> tuple[_Targets, np.ndarray]:
     """The strategy's target weights on each day and whether the day has enough stocks to form one."""
     n = pl.len().over("t")
-    k = pl.lit(top_k) if top_k is not None else (n * quantile + _EPS).floor().cast(pl.Int64)
+    k = pl.lit(top_k) if top_k is not None else (n * quantile + ROUNDOFF_EPS).floor().cast(pl.Int64)
     needed = 2 * pl.col("k") if strategy == "long_short" else pl.col("k")
     # One total order per day, best prediction first and ties to the smaller code, so that the selection
     # does not depend on row order and the two legs never share a stock.

@@ -19,14 +19,14 @@ from typing import Any
 import polars as pl
 
 from atft.evaluation.metrics import (
-    _EPS,
-    _check_quantile,
-    _check_unique,
-    _float,
-    _mean_over_std,
-    _present,
+    ROUNDOFF_EPS,
+    as_float,
+    check_quantile,
+    check_unique,
     daily_ic,
     horizon_metrics,
+    mean_over_std,
+    present,
 )
 
 # Share of a day's scored stocks that precision@k looks at when no fixed ``top_k`` is given.
@@ -71,7 +71,7 @@ def evaluate_predictions(
     scored rows to count in the daily metrics.
     """
     _check_preds(preds)
-    _check_quantile(quantile)
+    check_quantile(quantile)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     horizons: list[int] = sorted(preds["horizon"].unique().to_list())
@@ -91,13 +91,13 @@ def evaluate_predictions(
     for h in horizons:
         key = f"{h}d"
         rows = frame.filter(pl.col("horizon") == h)
-        scored = rows.filter(_present("prediction") & _present("label"))
+        scored = rows.filter(present("prediction") & present("label"))
         days = _daily(rows, min_stocks=min_stocks)
         rank_ic = days["rankic"].drop_nulls()
-        n_labelled = rows.select(_present("label").sum()).item()
+        n_labelled = rows.select(present("label").sum()).item()
         out = base[key] | {
             "n_days": int(base[key]["n_days"]),
-            "rankic_tstat": _mean_over_std(rank_ic) * math.sqrt(rank_ic.len()),
+            "rankic_tstat": mean_over_std(rank_ic) * math.sqrt(rank_ic.len()),
             "hit_rate": _hit_rate(scored),
             "precision_at_k": _precision_at_k(scored, top_k=top_k, min_stocks=min_stocks),
             "decile_mean_label": _decile_mean_label(scored, min_stocks=min_stocks),
@@ -111,7 +111,7 @@ def evaluate_predictions(
         elif oracle is not None:
             oracle_days = _oracle_daily(scored, oracle, f"oracle_{key}", min_stocks=min_stocks)
             days = days.join(oracle_days, on="date", how="left")
-            oracle_rankic = _float(oracle_days["oracle_rankic"].mean())
+            oracle_rankic = as_float(oracle_days["oracle_rankic"].mean())
             out["oracle_rankic"] = oracle_rankic
             # A ratio to a non-positive skill has no meaning as a share of it.
             out["capture"] = out["rankic"] / oracle_rankic if oracle_rankic > 0 else float("nan")
@@ -194,7 +194,7 @@ def _check_preds(preds: pl.DataFrame) -> None:
         nulls = preds[column].null_count()
         if nulls:
             raise ValueError(f"preds column {column!r} has {nulls} null values")
-    _check_unique(preds, ["date", "code", "horizon"], "preds")
+    check_unique(preds, ["date", "code", "horizon"], "preds")
 
 
 def _checked_oracle(oracle: pl.DataFrame, preds: pl.DataFrame, horizons: list[int]) -> pl.DataFrame:
@@ -209,7 +209,7 @@ def _checked_oracle(oracle: pl.DataFrame, preds: pl.DataFrame, horizons: list[in
         raise ValueError(f"oracle has none of the columns {[f'oracle_{h}d' for h in horizons]}")
     for column in columns:
         _require(oracle, "oracle", column, _is_number, "numeric")
-    _check_unique(oracle, ["date", "code"], "oracle")
+    check_unique(oracle, ["date", "code"], "oracle")
     return oracle.select("date", "code", *[pl.col(c).cast(pl.Float64) for c in columns])
 
 
@@ -228,7 +228,7 @@ def _by_horizon(flat: dict[str, float]) -> dict[str, dict[str, float]]:
 def _daily(rows: pl.DataFrame, *, min_stocks: int) -> pl.DataFrame:
     """Every day of one horizon: (date, ic, rankic, n), the correlations null where the day does not
     qualify, so that a skipped day stays visible with its number of scored rows."""
-    days = rows.group_by("date").agg(n=(_present("prediction") & _present("label")).sum().cast(pl.Int64))
+    days = rows.group_by("date").agg(n=(present("prediction") & present("label")).sum().cast(pl.Int64))
     for method, column in (("pearson", "ic"), ("spearman", "rankic")):
         values = daily_ic(rows, "prediction", "label", method=method, min_stocks=min_stocks)
         days = days.join(values.select("date", pl.col("ic").alias(column)), on="date", how="left")
@@ -241,7 +241,7 @@ def _oracle_daily(
     """Daily RankIC of the oracle against the labels on exactly the rows the model is scored on."""
     joined = scored.join(oracle.select("date", "code", column), on=["date", "code"], how="left")
     # Scoring the oracle on fewer rows than the model would make the capture ratio compare two samples.
-    missing = joined.filter(~_present(column))
+    missing = joined.filter(~present(column))
     if missing.height:
         first = missing.sort("date", "code").row(0, named=True)
         raise ValueError(
@@ -254,7 +254,7 @@ def _oracle_daily(
 
 def _hit_rate(scored: pl.DataFrame) -> float:
     """Share of scored rows with a non-zero label whose prediction has the label's sign."""
-    return _float(
+    return as_float(
         scored.filter(pl.col("label") != 0)
         .select((pl.col("prediction").sign() == pl.col("label").sign()).mean())
         .item()
@@ -276,10 +276,10 @@ def _positions(scored: pl.DataFrame) -> pl.DataFrame:
 def _precision_at_k(scored: pl.DataFrame, *, top_k: int | None, min_stocks: int) -> float:
     """Mean over days of the share of the k best-predicted stocks that are among the k best labels."""
     if top_k is None:
-        k = (pl.col("n") * DEFAULT_TOP_FRACTION + _EPS).floor().cast(pl.Int64).clip(lower_bound=1)
+        k = (pl.col("n") * DEFAULT_TOP_FRACTION + ROUNDOFF_EPS).floor().cast(pl.Int64).clip(lower_bound=1)
     else:
         k = pl.lit(top_k, dtype=pl.Int64)
-    return _float(
+    return as_float(
         _positions(scored)
         .with_columns(k=k)
         # With k >= n every stock is in both sets and the day would score 1 whatever the prediction.
@@ -307,7 +307,7 @@ def _decile_mean_label(scored: pl.DataFrame, *, min_stocks: int) -> list[float]:
         .agg(pl.col("label").mean())
     )
     found = dict(zip(means["decile"].to_list(), means["label"].to_list(), strict=True))
-    return [_float(found.get(d)) for d in range(1, N_DECILES + 1)]
+    return [as_float(found.get(d)) for d in range(1, N_DECILES + 1)]
 
 
 # ---- writing --------------------------------------------------------------------------------------------

@@ -54,25 +54,25 @@ TRADING_DAYS = 252
 
 # Guards floor(quantile * n) and the 2 / quantile eligibility bound against float round-off: 0.29 * 100 is
 # 28.999999999999996 in binary floating point, which is 29 stocks, not 28.
-_EPS = 1e-9
+ROUNDOFF_EPS = 1e-9
 
 
-def _present(col: str) -> pl.Expr:
+def present(col: str) -> pl.Expr:
     """A value is usable when it is neither null nor NaN (a missing label is never a 0)."""
     return pl.col(col).is_not_null() & pl.col(col).is_not_nan()
 
 
-def _float(value: object) -> float:
+def as_float(value: object) -> float:
     """A polars scalar as a float; None (an aggregate over no rows) becomes NaN."""
     return float("nan") if value is None else float(value)
 
 
-def _mean_over_std(values: pl.Series) -> float:
+def mean_over_std(values: pl.Series) -> float:
     """mean / std (ddof=1) of a daily series; NaN with fewer than 2 values or a zero std."""
     if values.len() < 2:
         return float("nan")
-    std = _float(values.std(ddof=1))
-    return _float(values.mean()) / std if std > 0 else float("nan")
+    std = as_float(values.std(ddof=1))
+    return as_float(values.mean()) / std if std > 0 else float("nan")
 
 
 def long_short_returns(
@@ -95,20 +95,20 @@ def long_short_returns(
 
     Returns (date, gross, net, turnover, n_long, n_short), one row per day, sorted by date.
     """
-    _check_quantile(quantile)
+    check_quantile(quantile)
     for name, frame in (("signal_frame", signal_frame), ("returns_frame", returns_frame)):
-        _check_unique(frame, ["date", "code"], name)
+        check_unique(frame, ["date", "code"], name)
     return _long_short(
         signal_frame, returns_frame, cost_bps=cost_bps, quantile=quantile, signal=signal, ret=ret
     )
 
 
-def _check_quantile(quantile: float) -> None:
+def check_quantile(quantile: float) -> None:
     if not 0 < quantile <= 0.5:
         raise ValueError(f"quantile must be in (0, 0.5] so that the legs do not overlap, got {quantile}")
 
 
-def _check_unique(frame: pl.DataFrame, keys: list[str], name: str) -> None:
+def check_unique(frame: pl.DataFrame, keys: list[str], name: str) -> None:
     # A repeated row would silently double a stock's weight or its error.
     if frame.select(keys).is_duplicated().any():
         raise ValueError(f"{name} has several rows for one ({', '.join(keys)})")
@@ -133,16 +133,16 @@ def _long_short(
     eligible = (
         signal_frame.select("date", "code", pl.col(signal).alias("signal"))
         .join(returns_frame.select("date", "code", pl.col(ret).alias("ret")), on=["date", "code"])
-        .filter(_present("signal") & _present("ret"))
+        .filter(present("signal") & present("ret"))
     )
     n = pl.len().over("date")
-    per_leg = (n * quantile + _EPS).floor().cast(pl.Int64).clip(lower_bound=1)
+    per_leg = (n * quantile + ROUNDOFF_EPS).floor().cast(pl.Int64).clip(lower_bound=1)
     # One total order per day, best signal first and ties going to the smaller code, so that the
     # selection does not depend on row order and the two legs never share a stock.
     weights = (
         eligible.sort(["date", "signal", "code"], descending=[False, True, False])
         .with_columns(position=pl.int_range(pl.len()).over("date"), per_leg=per_leg, n=n)
-        .filter(pl.col("n") * quantile >= 2 - _EPS)
+        .filter(pl.col("n") * quantile >= 2 - ROUNDOFF_EPS)
         .with_columns(
             w=pl.when(pl.col("position") < pl.col("per_leg"))
             .then(1 / pl.col("per_leg"))
@@ -197,13 +197,13 @@ def horizon_metrics(
     horizon 1 rows); coverage (share of rows with a label). icir and rankicir are ratios of daily values,
     not annualized; sharpe is annualized (x sqrt(252)). A metric with nothing to average is NaN.
     """
-    _check_quantile(quantile)
-    _check_unique(preds, ["date", "code", "horizon"], "preds")
+    check_quantile(quantile)
+    check_unique(preds, ["date", "code", "horizon"], "preds")
     out: dict[str, float] = {}
     one_day_returns = preds.filter(pl.col("horizon") == 1).select("date", "code", "label")
     for h in sorted(preds["horizon"].unique().drop_nulls().to_list()):
         rows = preds.filter(pl.col("horizon") == h)
-        valid = rows.filter(_present("prediction") & _present("label"))
+        valid = rows.filter(present("prediction") & present("label"))
         error = pl.col("prediction") - pl.col("label")
         y = pl.col("label")
         pooled = valid.select(
@@ -213,7 +213,7 @@ def horizon_metrics(
             sst=((y - y.mean()) ** 2).sum(),
             naive_rmse=(y**2).mean().sqrt(),
         ).row(0, named=True)
-        sse, sst = _float(pooled["sse"]), _float(pooled["sst"])
+        sse, sst = as_float(pooled["sse"]), as_float(pooled["sst"])
 
         ic = daily_ic(rows, "prediction", "label", method="pearson", min_stocks=min_stocks)["ic"]
         rank_ic = daily_ic(rows, "prediction", "label", method="spearman", min_stocks=min_stocks)["ic"]
@@ -232,21 +232,21 @@ def horizon_metrics(
             net = _long_short(
                 rows, one_day_returns, cost_bps=cost_bps, quantile=quantile, signal="prediction", ret="label"
             )["net"]
-            sharpe = _mean_over_std(net) * math.sqrt(TRADING_DAYS)
+            sharpe = mean_over_std(net) * math.sqrt(TRADING_DAYS)
 
         out |= {
-            f"mae_{h}d": _float(pooled["mae"]),
-            f"rmse_{h}d": _float(pooled["rmse"]),
+            f"mae_{h}d": as_float(pooled["mae"]),
+            f"rmse_{h}d": as_float(pooled["rmse"]),
             # Against a constant label R² has no meaning: NaN rather than sklearn's 0 or 1.
             f"r2_{h}d": 1 - sse / sst if sst > 0 else float("nan"),
-            f"naive_rmse_{h}d": _float(pooled["naive_rmse"]),
-            f"ic_{h}d": _float(ic.mean()),
-            f"rankic_{h}d": _float(rank_ic.mean()),
-            f"icir_{h}d": _mean_over_std(ic),
-            f"rankicir_{h}d": _mean_over_std(rank_ic),
-            f"scale_{h}d": _float(scale),
+            f"naive_rmse_{h}d": as_float(pooled["naive_rmse"]),
+            f"ic_{h}d": as_float(ic.mean()),
+            f"rankic_{h}d": as_float(rank_ic.mean()),
+            f"icir_{h}d": mean_over_std(ic),
+            f"rankicir_{h}d": mean_over_std(rank_ic),
+            f"scale_{h}d": as_float(scale),
             f"sharpe_{h}d": sharpe,
             f"n_days_{h}d": float(ic.len()),
-            f"coverage_{h}d": _float(rows.select(_present("label").mean()).item()),
+            f"coverage_{h}d": as_float(rows.select(present("label").mean()).item()),
         }
     return out
