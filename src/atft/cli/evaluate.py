@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from atft.cli.train import say
 from atft.cli.ui import console, user_errors
+from atft.reporting.numbers import fmt
 
 RUN_DIR = typer.Argument(..., help="A run folder written by `atft train`.", show_default=False)
 
@@ -151,6 +151,4 @@ def diagnose(
 
 
 def _fmt(value: object, spec: str) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        return "-"
-    return format(value, spec)
+    return fmt(value, spec, missing="-")

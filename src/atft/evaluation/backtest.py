@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from atft.evaluation.metrics import ROUNDOFF_EPS, TRADING_DAYS
+from atft.evaluation.metrics import ROUNDOFF_EPS, TRADING_DAYS, check_unique
 
 Strategy = Literal["long_short", "long_only"]
 
@@ -229,13 +229,7 @@ def _checked_frame(frame: pl.DataFrame, name: str, value: str) -> pl.DataFrame:
         nulls = out[col].is_null()
         if nulls.any():
             raise ValueError(f"{name} row {int(nulls.arg_true()[0])} has a null {col}")
-    dup = out.select("date", "code").is_duplicated()
-    if dup.any():
-        row = int(dup.arg_true()[0])
-        d, c = out["date"][row], out["code"][row]
-        n = int(dup.sum())
-        # A repeated row would silently double a stock's weight, or pick one of two returns at random.
-        raise ValueError(f"{name} has {n} rows sharing a (date, code), e.g. row {row} (date={d}, code={c!r})")
+    check_unique(out, ["date", "code"], name)
     return out
 
 

@@ -109,9 +109,16 @@ def check_quantile(quantile: float) -> None:
 
 
 def check_unique(frame: pl.DataFrame, keys: list[str], name: str) -> None:
+    """Refuse ``frame`` when several rows share one key, naming the first such row."""
     # A repeated row would silently double a stock's weight or its error.
-    if frame.select(keys).is_duplicated().any():
-        raise ValueError(f"{name} has several rows for one ({', '.join(keys)})")
+    dup = frame.select(keys).is_duplicated()
+    if dup.any():
+        row = int(dup.arg_true()[0])
+        example = ", ".join(f"{k}={frame[k][row]!r}" for k in keys)
+        raise ValueError(
+            f"{name} has {int(dup.sum())} rows sharing a ({', '.join(keys)}): several rows for one key, "
+            f"e.g. row {row} ({example})"
+        )
 
 
 def _long_short(

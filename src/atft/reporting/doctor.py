@@ -26,6 +26,7 @@ import polars as pl
 import yaml
 
 from atft.reporting import rules as rules_mod
+from atft.reporting.numbers import finite
 from atft.reporting.rules import Finding
 
 # Ranking terms of the loss: the ones that make the model a stock ranker rather than a regressor.
@@ -158,7 +159,7 @@ class Facts:
     @property
     def headline_split(self) -> str:
         """``test`` when the run has test metrics (they are what it delivers), else ``valid``."""
-        return "test" if any(_finite(v) for k, v in self.test.items() if k.startswith("rankic_")) else "valid"
+        return "test" if any(finite(v) for k, v in self.test.items() if k.startswith("rankic_")) else "valid"
 
     def headline(self, metric: str, h: int) -> float:
         """``metric`` at horizon ``h`` on the headline split (NaN when unknown)."""
@@ -172,7 +173,7 @@ class Facts:
     @property
     def financial_share(self) -> float:
         """Mean gradient share of the ranking terms together."""
-        return float(sum(t.share_mean for t in self.terms if t.financial and _finite(t.share_mean)))
+        return float(sum(t.share_mean for t in self.terms if t.financial and finite(t.share_mean)))
 
 
 @dataclass
@@ -271,12 +272,12 @@ def grade_run(facts: Facts, th: dict[str, Any]) -> Grade:
     h = int(th["grade_horizon"])
     if h not in facts.horizons and facts.horizons:
         h = facts.horizons[0]
-    if _finite(facts.capture.get(h, math.nan)):
+    if finite(facts.capture.get(h, math.nan)):
         kind, value, split = "capture", facts.capture[h], "test"
     else:
         kind, value, split = "rankic", facts.headline("rankic", h), facts.headline_split
     levels = {name: float(th[f"{name}_{kind}"]) for name in ("minimum", "target", "stretch")}
-    if not _finite(value):
+    if not finite(value):
         return Grade("ungraded", f"{kind}_{h}d", value, split, levels)
     level = GRADE_LEVELS[0]
     for name in ("minimum", "target", "stretch"):
@@ -345,7 +346,7 @@ def collect_facts(root: Path, thresholds: dict[str, Any] | None = None) -> Facts
     capture = {h: eval_flat[f"capture_{h}d"] for h in horizons if f"capture_{h}d" in eval_flat}
     for h, o in oracle.items():
         r = test.get(f"rankic_{h}d", math.nan)
-        if h not in capture and _finite(o) and o > 0 and _finite(r):
+        if h not in capture and finite(o) and o > 0 and finite(r):
             capture[h] = r / o
 
     data_path = (
@@ -523,7 +524,7 @@ def curve_facts(metrics: pl.DataFrame, monitor_col: str, min_improvement: float 
     val = _column(metrics, "val_loss", [math.nan] * len(epochs))
     facts = CurveFacts(epochs, [float(x) for x in train], [float(x) for x in val], monitor=monitor_col)
     facts.monitor_values = [float(x) for x in _column(metrics, monitor_col, [])]
-    ok = [i for i, v in enumerate(val) if _finite(v)]
+    ok = [i for i, v in enumerate(val) if finite(v)]
     if not ok:
         return facts
     best_i = min(ok, key=lambda i: val[i])
@@ -540,19 +541,19 @@ def curve_facts(metrics: pl.DataFrame, monitor_col: str, min_improvement: float 
     facts.val_above_best = _rel(val[last], facts.best_val)
     streak = 0
     for a, b in zip(ok, ok[1:], strict=False):
-        train_falls = _finite(train[a]) and _finite(train[b]) and train[b] < train[a]
+        train_falls = finite(train[a]) and finite(train[b]) and train[b] < train[a]
         val_rises = val[b] - val[a] > NOISE_REL * abs(val[a])
         streak = streak + 1 if train_falls and val_rises else 0
         if streak > facts.overfit_streak:
             facts.overfit_streak, facts.overfit_streak_end = streak, epochs[b]
-    if _finite(train[last]) and facts.best_val:
+    if finite(train[last]) and facts.best_val:
         facts.gap_rel = (val[last] - train[last]) / abs(facts.best_val)
     return facts
 
 
 def lr_facts(metrics: pl.DataFrame, scheduler: str | None) -> LrFacts:
     """Warmup, peak, decay, plateau reductions and oscillation of the epoch-end learning rate."""
-    lr = [float(x) for x in _column(metrics, "lr", []) if _finite(x)]
+    lr = [float(x) for x in _column(metrics, "lr", []) if finite(x)]
     facts = LrFacts(lr, scheduler)
     if len(lr) < 2:
         return facts
@@ -596,7 +597,7 @@ def term_facts(metrics: pl.DataFrame, weights: dict[str, Any]) -> list[TermFacts
                 financial=name in FINANCIAL_TERMS,
             )
         )
-    return sorted(out, key=lambda t: -t.share_mean if _finite(t.share_mean) else 0.0)
+    return sorted(out, key=lambda t: -t.share_mean if finite(t.share_mean) else 0.0)
 
 
 def grad_facts(
@@ -616,7 +617,7 @@ def grad_facts(
         source, x_label = f"events.jsonl ({len(readings)} step readings)", "step"
         for e in readings:
             for module, value in e["norms"].items():
-                if _finite(value):
+                if finite(value):
                     series.setdefault(module, []).append((float(e.get("step", len(series))), float(value)))
     else:
         source, x_label = "metrics.csv (epoch means)", "epoch"
@@ -625,7 +626,7 @@ def grad_facts(
             if c.startswith("grad_norm_"):
                 values = _column(metrics, c, [])
                 series[c.removeprefix("grad_norm_")] = [
-                    (float(x), float(v)) for x, v in zip(epochs, values, strict=False) if _finite(v)
+                    (float(x), float(v)) for x, v in zip(epochs, values, strict=False) if finite(v)
                 ]
     facts = GradFacts(source, series, x_label, level={}, peak={})
     for module, points in series.items():
@@ -643,7 +644,7 @@ def grad_facts(
     column_resets = _last_finite(_column(metrics, "head_resets"))
     facts.resets = max(
         len(resets),
-        int(column_resets) if _finite(column_resets) else 0,
+        int(column_resets) if finite(column_resets) else 0,
         int((summary or {}).get("head_resets") or 0),
     )
     facts.degeneracy_warnings = max(
@@ -756,10 +757,10 @@ def _horizons_from(metrics: pl.DataFrame) -> list[int]:
 def _best_epoch(metrics: pl.DataFrame, monitor_col: str, mode: str) -> int | None:
     """The early-stopping monitor's best epoch, as the checkpoint callback would pick it."""
     column, better = monitor_col, mode
-    if column not in metrics.columns or not any(_finite(v) for v in _column(metrics, column)):
+    if column not in metrics.columns or not any(finite(v) for v in _column(metrics, column)):
         column, better = "val_loss", "min"
     values = _column(metrics, column, [])
-    ok = [(v, i) for i, v in enumerate(values) if _finite(v)]
+    ok = [(v, i) for i, v in enumerate(values) if finite(v)]
     if not ok:
         return None
     i = (max(ok) if better == "max" else min(ok))[1]
@@ -789,19 +790,15 @@ def _floats(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _rel(a: float, b: float) -> float:
-    return (a - b) / abs(b) if _finite(a) and _finite(b) and b else math.nan
+    return (a - b) / abs(b) if finite(a) and finite(b) and b else math.nan
 
 
 def _nanmean(values: list[float] | None) -> float:
-    finite = [v for v in values or [] if _finite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    kept = [v for v in values or [] if finite(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def _last_finite(values: list[float] | None) -> float:
-    finite = [v for v in values or [] if _finite(v)]
-    return finite[-1] if finite else math.nan
+    kept = [v for v in values or [] if finite(v)]
+    return kept[-1] if kept else math.nan

@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # before anything imports pyplot: a report is drawn on ma
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from atft.reporting.numbers import finite
+
 if TYPE_CHECKING:
     from atft.reporting.doctor import Facts
 
@@ -44,7 +46,7 @@ def make_plots(facts: Facts, out_dir: Path) -> dict[str, Path]:
 def loss_curves(facts: Facts, path: Path) -> Path | None:
     """Train and validation loss per epoch, with the best and the plateau epochs marked."""
     c = facts.curve
-    if not c.epochs or not any(_ok(v) for v in c.train + c.val):
+    if not c.epochs or not any(finite(v) for v in c.train + c.val):
         return None
     fig = Figure(figsize=(7, 3.8))
     ax = fig.subplots()
@@ -134,7 +136,7 @@ def loss_composition(facts: Facts, path: Path) -> Path | None:
     if shares:
         ax_share.stackplot(
             epochs,
-            *[[0.0 if v is None or not _ok(v) else v for v in s] for s in shares.values()],
+            *[[0.0 if v is None or not finite(v) else v for v in s] for s in shares.values()],
             labels=list(shares),
         )
         ax_share.set_ylim(0, 1)
@@ -182,7 +184,3 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path
-
-
-def _ok(x: object) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)

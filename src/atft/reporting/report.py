@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from atft.reporting.numbers import fmt
 from atft.reporting.rules import healthy_recommendation
 
 if TYPE_CHECKING:
@@ -420,11 +421,11 @@ def _grade(d: Diagnosis, f: Facts) -> Section:
 
 
 def _n(x: Any, digits: int = 4) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+    return fmt(x, f".{digits}f")
 
 
 def _g(x: Any) -> str:
-    return f"{x:.3g}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+    return fmt(x, ".3g")
 
 
 def _i(x: Any) -> str:
@@ -432,9 +433,7 @@ def _i(x: Any) -> str:
 
 
 def _pct(x: Any, digits: int = 1, sign: bool = False) -> str:
-    if not (isinstance(x, int | float) and math.isfinite(x)):
-        return "n/a"
-    return f"{x:+.{digits}%}" if sign else f"{x:.{digits}%}"
+    return fmt(x, f"{'+' if sign else ''}.{digits}%")
 
 
 def _md_cell(text: str) -> str:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from atft.reporting.numbers import finite, fmt
+
 if TYPE_CHECKING:
     from atft.reporting.doctor import Facts
 
@@ -136,24 +138,20 @@ def _finding(
 
 
 def _f(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    return fmt(x, f".{digits}f")
 
 
 def _g(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.2g}"
+    return fmt(x, ".2g")
 
 
 def _per_h(values: dict[int, float], digits: int = 3) -> str:
     return ", ".join(f"{h}d {_f(v, digits)}" for h, v in values.items())
 
 
-def _ok(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
-
-
 def _lr(facts: Facts) -> float:
     lr = facts.cfg("train.optimizer.lr")
-    return float(lr) if _ok(lr) else (max(facts.lr.values) if facts.lr.values else 3e-4)
+    return float(lr) if finite(lr) else (max(facts.lr.values) if facts.lr.values else 3e-4)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -196,7 +194,7 @@ def non_finite(f: Facts, th: dict[str, Any]) -> Finding:
         evidence += f"; {f.grads.overflow_skips} fp16 overflow step(s) skipped by the gradient scaler"
     overrides: dict[str, Any] = {"train.optimizer.lr": _lr(f) / 3}
     clip = f.cfg("train.optimizer.grad_clip")
-    if not _ok(clip) or not clip or clip > 0.5:
+    if not finite(clip) or not clip or clip > 0.5:
         overrides["train.optimizer.grad_clip"] = 0.5
     if f.cfg("train.trainer.precision") == "16-mixed":
         overrides["train.trainer.precision"] = "bf16-mixed"
@@ -225,11 +223,11 @@ def collapse(f: Facts, th: dict[str, Any]) -> Finding:
     split = f.headline_split
     delivered = {h: f.headline("scale", h) for h in f.horizons}
     last = {h: _last(f, f"val_scale_{h}d") for h in f.horizons}
-    low = {h: s for h, s in delivered.items() if _ok(s) and s < floor}
-    low_last = {h: s for h, s in last.items() if _ok(s) and s < floor}
+    low = {h: s for h, s in delivered.items() if finite(s) and s < floor}
+    low_last = {h: s for h, s in last.items() if finite(s) and s < floor}
     fired = bool(low or low_last)
     evidence = f"SCALE = std(prediction)/std(label) per day, on {split}: {_per_h(delivered)}"
-    if any(_ok(v) for v in last.values()):
+    if any(finite(v) for v in last.values()):
         evidence += f"; validation at the last epoch: {_per_h(last)}"
     evidence += f" (collapse below {floor})"
     if f.grads.degeneracy_warnings or f.grads.resets:
@@ -241,7 +239,7 @@ def collapse(f: Facts, th: dict[str, Any]) -> Finding:
         ric = {h: f.headline("rankic", h) for h in f.horizons}
         evidence += f"; RankIC meanwhile: {_per_h(ric)}"
     w = f.cfg("loss.weights.variance_floor")
-    w = float(w) if _ok(w) else 0.0
+    w = float(w) if finite(w) else 0.0
     overrides = {"loss.weights.variance_floor": max(1.0, 2 * w), "train.optimizer.lr": _lr(f) / 3}
     advice = (
         f"The predictions are nearly constant across stocks (spread under {floor:.0%} of the labels'): "
@@ -266,13 +264,13 @@ def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
     split = f.headline_split
     ric = {h: f.headline("rankic", h) for h in f.horizons}
     ic = {h: f.headline("ic", h) for h in f.horizons}
-    known = [v for v in ric.values() if _ok(v)]
+    known = [v for v in ric.values() if finite(v)]
     fired = bool(known) and all(v < th["negative_ic_max"] for v in known)
     evidence = f"RankIC on {split}: {_per_h(ric, 4)}; IC: {_per_h(ic, 4)}"
     valid = {h: f.valid.get(f"rankic_{h}d", math.nan) for h in f.horizons}
     if split == "test":
         evidence += f"; on validation (best epoch): {_per_h(valid, 4)}"
-    valid_positive = split == "test" and any(_ok(v) and v > 0 for v in valid.values())
+    valid_positive = split == "test" and any(finite(v) and v > 0 for v in valid.values())
     if valid_positive:
         advice = (
             "The ranking is positive on validation but negative on test at every horizon: what was "
@@ -282,7 +280,7 @@ def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
         )
         d = f.cfg("model.dropout")
         overrides = {
-            "model.dropout": min(0.5, (float(d) if _ok(d) else 0.1) + 0.1),
+            "model.dropout": min(0.5, (float(d) if finite(d) else 0.1) + 0.1),
             "train.optimizer.weight_decay": 0.05,
         }
     else:
@@ -425,7 +423,7 @@ def vanishing_gradients(f: Facts, th: dict[str, Any]) -> Finding:
 @rule
 def dominated_loss(f: Facts, th: dict[str, Any]) -> Finding:
     """One loss term takes more than ``dominated_share`` of the gradient at the heads' outputs."""
-    terms = [t for t in f.terms if _ok(t.share_mean)]
+    terms = [t for t in f.terms if finite(t.share_mean)]
     top = max(terms, key=lambda t: t.share_mean, default=None)
     fired = top is not None and top.share_mean > th["dominated_share"]
     if top is None:
@@ -494,9 +492,9 @@ def overfitting(f: Facts, th: dict[str, Any]) -> Finding:
     c = f.curve
     by_streak = c.overfit_streak >= th["overfit_streak"]
     by_gap = (
-        _ok(c.gap_rel)
+        finite(c.gap_rel)
         and c.gap_rel > th["overfit_gap"]
-        and _ok(c.val_above_best)
+        and finite(c.val_above_best)
         and c.val_above_best > th["plateau_min_improvement"]
     )
     fired = by_streak or by_gap
@@ -508,8 +506,8 @@ def overfitting(f: Facts, th: dict[str, Any]) -> Finding:
     )
     d, wd = f.cfg("model.dropout"), f.cfg("train.optimizer.weight_decay")
     overrides = {
-        "model.dropout": min(0.5, (float(d) if _ok(d) else 0.1) + 0.1),
-        "train.optimizer.weight_decay": max(0.05, 5 * float(wd)) if _ok(wd) else 0.05,
+        "model.dropout": min(0.5, (float(d) if finite(d) else 0.1) + 0.1),
+        "train.optimizer.weight_decay": max(0.05, 5 * float(wd)) if finite(wd) else 0.05,
     }
     advice = (
         "The model keeps fitting the training days after it stopped generalizing. The best checkpoint "
@@ -534,7 +532,7 @@ def plateau(f: Facts, th: dict[str, Any]) -> Finding:
     fired = (
         c.plateau_epoch is not None
         and c.epochs_since_improvement >= th["plateau_epochs"]
-        and _ok(c.plateau_change)
+        and finite(c.plateau_change)
         and abs(c.plateau_change) <= th["plateau_flat_change"]
     )
     if c.plateau_epoch is None:
@@ -553,11 +551,11 @@ def plateau(f: Facts, th: dict[str, Any]) -> Finding:
         cut = f.cfg("train.scheduler.plateau_patience")
         overrides.update(
             {
-                "train.scheduler.plateau_patience": max(1, int(cut) - 1) if _ok(cut) else 1,
+                "train.scheduler.plateau_patience": max(1, int(cut) - 1) if finite(cut) else 1,
                 "train.optimizer.lr": _lr(f) / 2,
             }
         )
-    if not _ok(patience) or patience > 3:
+    if not finite(patience) or patience > 3:
         overrides["train.early_stopping.patience"] = 3
     advice = (
         f"{c.epochs_since_improvement} epochs of compute bought nothing: the optimizer sits on a flat "
@@ -582,12 +580,12 @@ def rmse_worse_than_naive(f: Facts, th: dict[str, Any]) -> Finding:
     parts, worse, ics = [], [], []
     for h in f.horizons:
         rmse, naive = f.headline("rmse", h), f.headline("naive_rmse", h)
-        if not (_ok(rmse) and _ok(naive) and naive > 0):
+        if not (finite(rmse) and finite(naive) and naive > 0):
             continue
         ratio = rmse / naive
         s, rho = f.headline("scale", h), f.headline("ic", h)
         text = f"{h}d {ratio:.3f}"
-        if _ok(s) and _ok(rho):
+        if finite(s) and finite(rho):
             ics.append(rho)
             # for mean-zero forecasts with relative spread s and correlation rho to the labels:
             # MSE / MSE(0) = 1 - 2 s rho + s^2, so the spread alone explains the excess error
@@ -607,7 +605,7 @@ def rmse_worse_than_naive(f: Facts, th: dict[str, Any]) -> Finding:
         "beyond 2 rho loses to zero. If the forecasts are only ranked this costs nothing; if their size "
         "is used (sizing, expected-return inputs), "
     )
-    if _ok(floor) and floor > target:
+    if finite(floor) and floor > target:
         advice += (
             f"lower the variance floor, which holds the spread near loss.scale_floor={floor}, towards the "
             "IC while staying above the collapse line:"
@@ -619,7 +617,7 @@ def rmse_worse_than_naive(f: Facts, th: dict[str, Any]) -> Finding:
             "give the regression term, the one that pulls the spread towards the IC, more say against "
             "the scale-free ranking terms:"
         )
-        overrides = {"loss.weights.huber": 3 * float(w) if _ok(w) and w > 0 else 1.0}
+        overrides = {"loss.weights.huber": 3 * float(w) if finite(w) and w > 0 else 1.0}
     return _finding(
         "rmse_worse_than_naive",
         "RMSE worse than naive",
@@ -643,11 +641,11 @@ def graph_adds_nothing(f: Facts, th: dict[str, Any]) -> Finding:
             "the graph is switched off in this run (model.graph.mode / model.gat.enabled)",
         )
     g = f.gate_mean
-    fired = _ok(g) and g < th["gate_min_mean"]
-    first = next((v for v in f.gate_series if _ok(v)), math.nan)
+    fired = finite(g) and g < th["gate_min_mean"]
+    first = next((v for v in f.gate_series if finite(v)), math.nan)
     evidence = (
         f"fusion gate mean at the last epoch {_f(g)} (std {_f(f.gate_std)}; first epoch {_f(first)})"
-        if _ok(g)
+        if finite(g)
         else "no gate statistics logged"
     )
     advice = (
@@ -669,7 +667,7 @@ def graph_adds_nothing(f: Facts, th: dict[str, Any]) -> Finding:
 def healthy_recommendation(facts: Facts) -> tuple[str, str]:
     """What to do after a healthy run: measure the seed noise before trusting the next comparison."""
     seed = facts.cfg("train.seed")
-    new_seed = int(seed) + 1 if _ok(seed) else 1
+    new_seed = int(seed) + 1 if finite(seed) else 1
     command = train_command(facts, f"seed{new_seed}", {"train.seed": new_seed})
     return (
         "No rule fired. Keep this run as the baseline; before reading anything into the next change, "
@@ -687,4 +685,4 @@ def _last(f: Facts, column: str) -> float:
 
 
 def _pct(x: float, digits: int = 1) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.{digits}%}"
+    return fmt(x, f"+.{digits}%")
