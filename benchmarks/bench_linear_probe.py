@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 from harness import save_result
 
 from atft.config import load_config
 from atft.data.panel import DayPanel
 from atft.data.splits import splits_from_config, trading_calendar
 from atft.evaluation.metrics import mean_daily_rank_ic
+from atft.models.atft_gat_fan import neighbour_mean
 from atft.models.graph import DayGraphBuilder
 from atft.training.run import market_ids
 
@@ -31,7 +33,8 @@ ALPHA = 100.0
 
 
 def neighbour_means(panel: DayPanel, graph: DayGraphBuilder, days: np.ndarray) -> np.ndarray:
-    """[S, D, F]: on each of ``days``, the |corr|-weighted mean of each stock's neighbours' features."""
+    """[S, D, F]: on each of ``days``, the |corr|-weighted mean of each stock's neighbours' features, as the
+    model's shortcut computes it (``neighbour_mean``)."""
     x = np.nan_to_num(panel.x)
     out = np.zeros_like(x)
     for d in days:  # one graph per day; each day is vectorized over its stocks and edges
@@ -39,12 +42,8 @@ def neighbour_means(panel: DayPanel, graph: DayGraphBuilder, days: np.ndarray) -
         if stocks.size < 2:
             continue
         edge_index, edge_attr = graph(int(d), stocks)
-        src, dst = edge_index[0].numpy(), edge_index[1].numpy()
-        w = np.abs(edge_attr[:, 0].numpy())
-        total = np.zeros((stocks.size, x.shape[2]))
-        np.add.at(total, dst, w[:, None] * x[stocks[src], d])
-        weight = np.bincount(dst, weights=w, minlength=stocks.size)
-        out[stocks, d] = total / np.maximum(weight, 1e-9)[:, None]
+        day = torch.from_numpy(x[stocks, d])
+        out[stocks, d] = neighbour_mean(day, edge_index, edge_attr[:, 0].abs()).numpy()
     return out
 
 

@@ -154,3 +154,18 @@ def test_the_real_jp_run_is_evaluated_backtested_and_diagnosed(real_dataset, tmp
     report = (run_dir / "report.md").read_text()
     assert "## 7." in report and "## 8." in report
     assert "guard passed" in report  # the real dataset was reached and its guard read
+
+
+def test_scoring_the_training_forecasts_gives_what_evaluate_gives(tiny_run, tmp_path):
+    import shutil
+
+    from atft.evaluation.run_eval import evaluate_run, score_training_forecasts
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval", "backtest", "report*"))
+    fresh, _ = evaluate_run(copy, say=lambda s: None)
+    scored, out = score_training_forecasts(copy)
+    assert out == copy / "eval" and (out / "metrics.json").is_file()
+    for h in ("1d", "5d", "10d", "20d"):
+        assert scored.metrics[h]["rankic"] == pytest.approx(fresh.metrics[h]["rankic"], abs=1e-4)
+        assert scored.metrics[h]["capture"] == pytest.approx(fresh.metrics[h]["capture"], abs=1e-3)

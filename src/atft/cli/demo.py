@@ -81,7 +81,7 @@ def _train(dataset: Path, run_dir: Path, epochs: int) -> None:
     from atft.cli.evaluate import evaluation_table
     from atft.cli.train import say
     from atft.config import load_config
-    from atft.evaluation.run_eval import backtest_run, evaluate_run
+    from atft.evaluation.run_eval import backtest_run, score_training_forecasts
     from atft.reporting.doctor import diagnose_run
     from atft.training.run import train_run
 
@@ -93,7 +93,8 @@ def _train(dataset: Path, run_dir: Path, epochs: int) -> None:
             overrides.append("train.scheduler.warmup_epochs=0")
         cfg = load_config(overrides=overrides).cfg
         summary = train_run(cfg, dataset, run_dir, say=say)
-        evaluation, _ = evaluate_run(run_dir, split="test", say=say)
+        say("scoring the test forecasts")
+        evaluation, _ = score_training_forecasts(run_dir)
         say("backtesting the 5-day forecasts")
         trade, _ = backtest_run(run_dir, horizon=5)
         say("diagnosing the run")

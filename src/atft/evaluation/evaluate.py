@@ -109,7 +109,7 @@ def evaluate_predictions(
         if oracle is not None and f"oracle_{key}" not in oracle.columns:
             days = days.with_columns(oracle_rankic=pl.lit(None, dtype=pl.Float64))
         elif oracle is not None:
-            oracle_days = _oracle_daily(scored, oracle, f"oracle_{key}", min_stocks=min_stocks)
+            oracle_days = oracle_daily(scored, oracle, f"oracle_{key}", min_stocks=min_stocks)
             days = days.join(oracle_days, on="date", how="left")
             oracle_rankic = as_float(oracle_days["oracle_rankic"].mean())
             out["oracle_rankic"] = oracle_rankic
@@ -235,9 +235,7 @@ def _daily(rows: pl.DataFrame, *, min_stocks: int) -> pl.DataFrame:
     return days.sort("date")
 
 
-def _oracle_daily(
-    scored: pl.DataFrame, oracle: pl.DataFrame, column: str, *, min_stocks: int
-) -> pl.DataFrame:
+def oracle_daily(scored: pl.DataFrame, oracle: pl.DataFrame, column: str, *, min_stocks: int) -> pl.DataFrame:
     """Daily RankIC of the oracle against the labels on exactly the rows the model is scored on."""
     joined = scored.join(oracle.select("date", "code", column), on=["date", "code"], how="left")
     # Scoring the oracle on fewer rows than the model would make the capture ratio compare two samples.

@@ -93,12 +93,30 @@ def evaluate_run(
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         preds = predict_frame(module, data.eval_dataloader(split), panel)
     say("scoring")
+    return _score(run_dir, cfg, data_path, preds, split, checkpoint)
+
+
+def score_training_forecasts(run_dir: Path, *, split: str = "test") -> tuple[EvaluationResult, Path]:
+    """What ``evaluate_run`` writes, from the forecasts the best checkpoint made at the end of training
+    (``predictions/<split>.parquet``): the same numbers without reloading the panel and forecasting again."""
+    cfg, data_path = run_config(run_dir)
+    path = Path(run_dir) / "predictions" / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: did training finish? `atft evaluate {run_dir}` forecasts anew"
+        )
+    preds = pl.read_parquet(path, glob=False)
+    return _score(run_dir, cfg, data_path, preds, split, best_checkpoint(run_dir))
+
+
+def _score(
+    run_dir: Path, cfg: DictConfig, data_path: Path, preds: pl.DataFrame, split: str, checkpoint: Path
+) -> tuple[EvaluationResult, Path]:
     result = evaluate_predictions(
         preds, oracle=read_oracle(data_path), cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile
     )
     result.metrics["settings"] |= {"split": split, "checkpoint": str(checkpoint)}
-    out = write_evaluation(result, preds, eval_dir(run_dir, split))
-    return result, out
+    return result, write_evaluation(result, preds, eval_dir(run_dir, split))
 
 
 def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:

@@ -223,6 +223,15 @@ class GatedFusion(nn.Module):
         return h + gate * g
 
 
+def neighbour_mean(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[N, F] -> [N, F]: each node's ``weight``-weighted mean of its sources' rows (zeros without any)."""
+    src, dst = edge_index
+    w = weight.to(x.dtype)  # [E]
+    total = torch.zeros_like(x).index_add_(0, dst, x[src] * w[:, None])  # [N, F]
+    norm = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, dst, w)  # [N]
+    return total / norm.clamp_min(1e-6)[:, None]
+
+
 class FeatureShortcut(nn.Module):
     """A linear path from the last day's raw features, and with the graph their neighbour mean, to the embedding.
 
@@ -246,11 +255,7 @@ class FeatureShortcut(nn.Module):
     ) -> torch.Tensor:  # [N, F] -> [N, H]
         if not self.use_graph:
             return self.proj(x_last)
-        src, dst = edge_index
-        w = edge_attr[:, 0].abs().to(x_last.dtype)  # [E]
-        total = torch.zeros_like(x_last).index_add_(0, dst, x_last[src] * w[:, None])  # [N, F]
-        weight = torch.zeros(x_last.shape[0], dtype=x_last.dtype, device=x_last.device).index_add_(0, dst, w)
-        neighbours = total / weight.clamp_min(1e-6)[:, None]  # zeros for a stock without neighbours
+        neighbours = neighbour_mean(x_last, edge_index, edge_attr[:, 0].abs())  # [N, F]
         return self.proj(torch.cat([x_last, neighbours], dim=-1))
 
 

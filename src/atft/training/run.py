@@ -34,7 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from atft.config.schema import parse_monitor
 from atft.data.panel import DayPanel
 from atft.data.splits import splits_from_config, trading_calendar
-from atft.evaluation.metrics import horizon_metrics, mean_daily_rank_ic
+from atft.evaluation.evaluate import oracle_daily
+from atft.evaluation.metrics import as_float, horizon_metrics, present
+from atft.evaluation.run_eval import read_oracle
 from atft.features.dataset import read_dataset_manifest
 from atft.features.guard import guard_dataset
 from atft.models.atft_gat_fan import count_parameters
@@ -243,9 +245,8 @@ def train_run(
         summary[f"{split_name}_metrics"] = horizon_metrics(
             frame, cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile
         )
-    oracle = data_path / "oracle.parquet"
-    if oracle.exists() and "test" in frames:
-        summary["oracle_test_rankic"] = oracle_rank_ic(frames["test"], oracle)
+    if (data_path / "oracle.parquet").exists() and "test" in frames:
+        summary["oracle_test_rankic"] = oracle_rank_ic(frames["test"], data_path)
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     folder.event("end", seconds=summary["seconds"], best_epoch=summary["best_epoch"])
     return summary
@@ -312,16 +313,16 @@ def predict_frame(module: ForecastModule, loader: Any, panel: DayPanel) -> pl.Da
     return predictions_frame(parts, panel, module.horizons, module.quantiles)
 
 
-def oracle_rank_ic(frame: pl.DataFrame, oracle_path: Path) -> dict[str, float]:
+def oracle_rank_ic(frame: pl.DataFrame, data_path: Path) -> dict[str, float]:
     """Mean daily RankIC of the synthetic oracle against the same labels, on the same (date, code) rows."""
-    oracle = pl.read_parquet(oracle_path, glob=False)
+    oracle = read_oracle(data_path)
     out = {}
     for h in frame["horizon"].unique().sort().to_list():
         column = f"oracle_{h}d"
-        if column not in oracle.columns:
+        if oracle is None or column not in oracle.columns:
             continue
-        rows = frame.filter(pl.col("horizon") == h).join(
-            oracle.select("date", "code", column), on=["date", "code"], how="left"
+        rows = frame.filter((pl.col("horizon") == h) & present("prediction") & present("label"))
+        out[f"rankic_{h}d"] = as_float(
+            oracle_daily(rows, oracle, column, min_stocks=5)["oracle_rankic"].mean()
         )
-        out[f"rankic_{h}d"] = mean_daily_rank_ic(rows, column, "label")
     return out
