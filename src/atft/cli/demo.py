@@ -101,7 +101,8 @@ def _train(dataset: Path, run_dir: Path, epochs: int) -> None:
         diagnosis = diagnose_run(run_dir, html=True)
     console.print(
         evaluation_table(
-            evaluation.metrics, title=f"Test period, best of {summary['epochs_run']} epoch(s) (atft evaluate)"
+            evaluation.metrics,
+            title=f"Test period, best of {summary['epochs_run']} epoch(s) (eval/metrics.json)",
         )
     )
     s = trade.summary
