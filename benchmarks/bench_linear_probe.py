@@ -21,12 +21,12 @@ import torch
 from harness import save_result
 
 from atft.config import load_config
-from atft.data.panel import DayPanel
-from atft.data.splits import splits_from_config, trading_calendar
+from atft.data.splits import splits_from_config
 from atft.evaluation.metrics import mean_daily_rank_ic
+from atft.features.dataset import DatasetFolder
+from atft.features.panel import DayPanel
 from atft.models.atft_gat_fan import neighbour_mean
 from atft.models.graph import DayGraphBuilder
-from atft.training.run import market_ids
 
 HORIZONS = (1, 5)
 ALPHA = 100.0
@@ -52,9 +52,17 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, required=True)
     args = ap.parse_args()
     cfg = load_config().cfg
-    panel = DayPanel.load(args.dataset, labels=[f"target_{h}d" for h in HORIZONS])
-    split = splits_from_config(trading_calendar(args.dataset), cfg)[-1]
-    graph = DayGraphBuilder(panel, cfg.model.graph, market_id=market_ids(args.dataset), cache_days=0)
+    dataset = DatasetFolder(args.dataset)
+    panel = DayPanel.load(dataset, labels=[f"target_{h}d" for h in HORIZONS])
+    split = splits_from_config(dataset.calendar(), cfg)[-1]
+    graph = DayGraphBuilder(
+        panel.x,
+        panel.feature_names,
+        panel.sector_id,
+        cfg.model.graph,
+        market_id=dataset.market_ids(),
+        cache_days=0,
+    )
     segments = {name: split.indices(name) for name in ("train", "valid", "test")}
     started = time.time()
     neighbours = neighbour_means(panel, graph, np.concatenate(list(segments.values())))

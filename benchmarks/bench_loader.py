@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from harness import save_result
 
-from atft.data.panel import DayPanel
+from atft.features.panel import DayPanel
 from atft.training.datamodule import DayDataModule
 
 TARGET = 20_000

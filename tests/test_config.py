@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from atft.config import (
     load_config,
     schema_fields,
 )
+from atft.config.validation import field_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,8 @@ def test_schema_defaults_load_without_a_preset():
     assert cfg.train.optimizer.lr == pytest.approx(1e-3)
     assert cfg.train.trainer.precision == "32"
     assert cfg.loss.weights.huber == 1.0
-    assert cfg.eval.split == "test"
+    assert cfg.model.name == "atft_gat_fan"
+    assert set(cfg.eval) == {"quantile", "cost_bps", "grading"}
     assert set(resolved.to_container()) == {"data", "features", "model", "train", "loss", "eval"}
     assert "hidden_size: 64" in resolved.to_yaml()
 
@@ -244,6 +247,41 @@ def test_bad_choice_lists_the_choices():
     assert "'32', 'bf16-mixed', '16-mixed'" in message
 
 
+@pytest.mark.parametrize(
+    ("token", "yaml_text"),
+    [
+        ("eval.split=valid", "eval:\n  split: valid\n"),
+        ("eval.top_k=50", "eval:\n  top_k: 50\n"),
+        ("eval.rebalance=daily", "eval:\n  rebalance: daily\n"),
+    ],
+)
+def test_removed_eval_keys_are_unknown(tmp_path, token, yaml_text):
+    # eval.split, eval.top_k and eval.rebalance were never read; setting them must not look like it works.
+    key = token.split("=")[0]
+    assert key not in schema_fields()
+    message = error_of(None, [token])
+    assert message.startswith(f"Unknown config key '{key}'.")
+    assert f"override {token!r}" in message
+    path = write_preset(tmp_path, "old.yaml", yaml_text)
+    message = error_of(path)
+    assert f"Unknown config key '{key}'" in message and str(path) in message
+
+
+@pytest.mark.parametrize("name", ["apex_ranker", "mlp", "lightgbm", "ATFT_GAT_FAN"])
+def test_model_name_accepts_only_models_that_exist(name):
+    message = error_of(None, [f"model.name={name}"])
+    assert message.startswith(f"model.name (from override 'model.name={name}')")
+    assert f"{name!r} is not an available model" in message
+    assert "the models that exist are 'atft_gat_fan'" in message
+    assert "train" not in message.split(":", 1)[1]  # no other key is blamed
+
+
+def test_model_name_default_spelling_loads():
+    resolved = load_config(None, ["model.name=atft_gat_fan"], env={})
+    assert resolved.cfg.model.name == "atft_gat_fan"
+    assert resolved.sources == {}  # the default
+
+
 def test_horizon_weights_must_match_horizons():
     message = error_of(None, ["data.horizons=[1,5]", "loss.horizon_weights=[1,2,3,4]"])
     assert "loss.horizon_weights" in message and "data.horizons" in message
@@ -419,6 +457,20 @@ def test_docs_table_lists_every_alias(var):
     assert f"`{ALIAS_KEYS[var]}`" in rows[0]
 
 
+# --- module layout --------------------------------------------------------------------------------
+
+
+def test_schema_does_not_import_the_validation_engine():
+    tree = ast.parse((REPO / "src" / "atft" / "config" / "schema.py").read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert not any(name and name.startswith("atft") for name in imported)
+    # The engine sees the same keys as the schema.
+    assert field_spec("train.optimizer.lr") == schema_fields()["train.optimizer.lr"]
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 
 # Run the CLI with every alias variable unset, whatever the calling shell has exported.
@@ -495,6 +547,75 @@ def test_warmup_must_be_shorter_than_training():
         ).cfg.train.scheduler.warmup_epochs
         == 1000
     )
+
+
+# --- warm-up against max_epochs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("preset", "epochs", "warmup"),
+    [("cpu", 1, 0), (None, 1, 0), (None, 2, 1), ("production", 2, 1)],
+)
+def test_default_or_preset_warmup_shrinks_to_fit_max_epochs(preset, epochs, warmup):
+    # cpu sets warmup 1, the schema default (and production) 2: both would not fit.
+    resolved = load_config(preset, [f"train.max_epochs={epochs}"], env={})
+    assert resolved.cfg.train.scheduler.warmup_epochs == warmup
+    assert resolved.cfg.train.max_epochs == epochs
+    assert resolved.sources["train.scheduler.warmup_epochs"] == "derived:train.max_epochs"
+
+
+def test_max_epochs_1_works_with_the_default_preset():
+    # What `atft train --max-epochs 1` asks for.
+    cfg = load_config(overrides=["train.max_epochs=1"], env={}).cfg
+    assert (cfg.train.max_epochs, cfg.train.scheduler.warmup_epochs) == (1, 0)
+
+
+def test_preset_warmup_that_does_not_fit_its_own_epochs_shrinks(tmp_path):
+    path = write_preset(tmp_path, "w.yaml", "train:\n  max_epochs: 4\n  scheduler:\n    warmup_epochs: 5\n")
+    resolved = load_config(path, env={})
+    assert resolved.cfg.train.scheduler.warmup_epochs == 3
+    assert resolved.sources["train.scheduler.warmup_epochs"] == "derived:train.max_epochs"
+
+
+def test_warmup_that_fits_is_left_alone():
+    resolved = load_config(overrides=["train.max_epochs=2"], env={})
+    assert resolved.cfg.train.scheduler.warmup_epochs == 1  # the cpu preset's
+    assert resolved.sources["train.scheduler.warmup_epochs"] == "preset:cpu"
+    # Without the warmup_cosine schedule the warm-up is not used, so nothing is adapted or checked.
+    resolved = load_config(overrides=["train.max_epochs=1", "train.scheduler.name=constant"], env={})
+    assert resolved.cfg.train.scheduler.warmup_epochs == 1
+    assert resolved.sources["train.scheduler.warmup_epochs"] == "preset:cpu"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "warmup_origin"),
+    [
+        (
+            ["train.max_epochs=1", "train.scheduler.warmup_epochs=1"],
+            {},
+            "override 'train.scheduler.warmup_epochs=1'",
+        ),
+        (["train.max_epochs=1"], {"WARMUP_EPOCHS": "1"}, "environment variable WARMUP_EPOCHS='1'"),
+        (["train.max_epochs=3"], {"WARMUP_EPOCHS": "3"}, "environment variable WARMUP_EPOCHS='3'"),
+    ],
+)
+def test_user_set_warmup_that_does_not_fit_is_an_error_naming_both_keys(overrides, env, warmup_origin):
+    message = error_of("cpu", overrides, env=env)
+    epochs = int(overrides[0].split("=")[1])
+    assert message.startswith(f"train.scheduler.warmup_epochs (from {warmup_origin})")
+    assert f"train.max_epochs (from override 'train.max_epochs={epochs}')" in message
+    # ... and says how to fix it.
+    assert f"set train.scheduler.warmup_epochs below {epochs}" in message
+    assert f"train.scheduler.warmup_epochs={epochs - 1}" in message
+    assert "raise train.max_epochs" in message
+
+
+def test_show_marks_a_shrunk_warmup_as_derived():
+    result = CliRunner().invoke(config_cli.app, ["show", "train.max_epochs=1"], env=CLEAN_ENV)
+    assert result.exit_code == 0, result.output
+    table = result.stdout[result.stdout.index("Non-default values") :]
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") >= 3}
+    assert "derived:train.max_epochs" in rows["train.scheduler.warmup_epochs"]
 
 
 def test_early_stopping_monitor_must_be_a_reported_metric():

@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from atft.evaluation.evaluate import evaluate_predictions, write_evaluation
+from atft.evaluation.evaluate import evaluate_predictions
 from atft.evaluation.metrics import horizon_metrics
+from atft.training.run_folder import RunFolder
 
 HORIZONS = (1, 5)
 SMALL_DAY = 3  # 4 stocks: under min_stocks (5), so no daily value
@@ -347,7 +348,8 @@ def test_write_round_trip(tmp_path, preds):
     assert math.isnan(result.metrics["20d"]["rankic"])
     assert result.metrics["20d"]["n_unlabelled"] == result.metrics["20d"]["n_rows"] == unlabelled.height
 
-    out = write_evaluation(result, frame, tmp_path / "eval")
+    out = RunFolder(tmp_path).write_evaluation(result, frame)
+    assert out == tmp_path / "eval"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_day.parquet", "predictions.parquet"]
     text = (out / "metrics.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
@@ -360,6 +362,6 @@ def test_write_round_trip(tmp_path, preds):
     assert pl.read_parquet(out / "per_day.parquet").equals(result.per_day)
 
     # Writing again replaces the files in place.
-    write_evaluation(result, frame.head(3), out)
+    RunFolder(tmp_path).write_evaluation(result, frame.head(3))
     assert pl.read_parquet(out / "predictions.parquet").height == 3
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_day.parquet", "predictions.parquet"]

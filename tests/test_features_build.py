@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from atft.cli.app import app
 from atft.config import load_config
-from atft.data.panel import DayPanel
 from atft.data.store import write_store
 from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 from atft.features.build import build_dataset
 from atft.features.dataset import DatasetError, read_dataset_manifest, select_features
 from atft.features.guard import DatasetGuardError, check_dataset, guard_dataset
+from atft.features.panel import DayPanel
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atft.config import load_config
-from atft.data.panel import DayPanel
+from atft.features.panel import DayPanel
 from atft.models.graph import EDGE_ATTRS, DayGraphBuilder, graph_stats
 
 
@@ -25,6 +25,11 @@ def make_cfg(**changes) -> SimpleNamespace:
         return_feature="ret_1d",
     )
     return SimpleNamespace(**{**values, **changes})
+
+
+def graph_builder(panel: DayPanel, cfg, **kwargs) -> DayGraphBuilder:
+    """The builder over a panel's arrays (it takes arrays, never the panel itself)."""
+    return DayGraphBuilder(panel.x, panel.feature_names, panel.sector_id, cfg, **kwargs)
 
 
 def make_panel(returns: np.ndarray, sector_id: np.ndarray | None = None) -> DayPanel:
@@ -102,9 +107,9 @@ def test_graph_uses_only_data_up_to_its_day(mode):
     junk[:, last + 1 :] = rng.standard_normal((n_stocks, n_days - last - 1)) * 50
     junk[:, last + 1 :][rng.random((n_stocks, n_days - last - 1)) < 0.3] = np.nan
     cfg = make_cfg(mode=mode, window=20, threshold=0.2, top_k=4, shrinkage=0.1, ewm_halflife=5.0)
-    full = DayGraphBuilder(make_panel(returns, sectors), cfg)
-    truncated = DayGraphBuilder(make_panel(returns[:, : last + 1], sectors), cfg)
-    junked = DayGraphBuilder(make_panel(junk, sectors), cfg)
+    full = graph_builder(make_panel(returns, sectors), cfg)
+    truncated = graph_builder(make_panel(returns[:, : last + 1], sectors), cfg)
+    junked = graph_builder(make_panel(junk, sectors), cfg)
     subset = np.array([17, 3, 8, 0, 22, 11, 5, 14, 9, 20])
     n_edges = 0
     for day in range(last + 1):
@@ -134,7 +139,7 @@ def test_correlation_matches_slow_reference():
     returns[3, :24] = np.nan  # 6 observed days in the window < max(5, 15 // 2) = 7: no correlation
     returns[4] = 0.25  # constant: zero variance
     cfg = make_cfg(window=15, ewm_halflife=4.0, shrinkage=0.2, threshold=0.0, top_k=6)
-    builder = DayGraphBuilder(make_panel(returns), cfg)
+    builder = graph_builder(make_panel(returns), cfg)
     stocks = np.arange(7)
     for day in (27, 29, 8):  # day 8: window clamped to days 0..8
         window = returns[:, max(0, day - 14) : day + 1]
@@ -154,7 +159,7 @@ def test_planted_pair_is_linked_and_independent_stock_is_not():
     rng = np.random.default_rng(4)
     returns = rng.standard_normal((20, 80))
     returns[7] = returns[3] + 0.1 * rng.standard_normal(80)
-    builder = DayGraphBuilder(make_panel(returns), make_cfg(window=60, threshold=0.5, top_k=3))
+    builder = graph_builder(make_panel(returns), make_cfg(window=60, threshold=0.5, top_k=3))
     edge_index, edge_attr = builder(79, np.arange(20))
     edges = edge_set(edge_index)
     assert (3, 7) in edges and (7, 3) in edges
@@ -164,7 +169,7 @@ def test_planted_pair_is_linked_and_independent_stock_is_not():
 
 
 def test_edges_are_symmetric_without_self_loops_and_sorted():
-    builder = DayGraphBuilder(make_panel(factor_returns(40, 50, seed=5)), make_cfg(threshold=0.2, top_k=4))
+    builder = graph_builder(make_panel(factor_returns(40, 50, seed=5)), make_cfg(threshold=0.2, top_k=4))
     for day in (19, 35, 49):
         edge_index, edge_attr = builder(day, np.arange(40))
         assert edge_index.dtype == torch.long and edge_attr.dtype == torch.float32
@@ -181,7 +186,7 @@ def test_edges_are_symmetric_without_self_loops_and_sorted():
 def test_threshold_and_top_k(threshold, top_k):
     """Each stock chooses at most top_k others with |corr| >= threshold; the graph is the union of choices."""
     n = 30
-    builder = DayGraphBuilder(
+    builder = graph_builder(
         make_panel(factor_returns(n, 40, seed=6)),
         make_cfg(window=30, threshold=threshold, top_k=top_k, shrinkage=0.1),
     )
@@ -205,8 +210,8 @@ def test_threshold_and_top_k(threshold, top_k):
 def test_shrinkage_scales_correlation():
     returns = factor_returns(12, 40, seed=7, missing=0.0)
     stocks = np.arange(12)
-    plain = DayGraphBuilder(make_panel(returns), make_cfg(shrinkage=0.0, threshold=0.0, top_k=11))
-    shrunk = DayGraphBuilder(make_panel(returns), make_cfg(shrinkage=0.4, threshold=0.0, top_k=11))
+    plain = graph_builder(make_panel(returns), make_cfg(shrinkage=0.0, threshold=0.0, top_k=11))
+    shrunk = graph_builder(make_panel(returns), make_cfg(shrinkage=0.4, threshold=0.0, top_k=11))
     corr0, _ = plain.correlation(39, stocks)
     corr1, _ = shrunk.correlation(39, stocks)
     off = ~np.eye(12, dtype=bool)
@@ -223,10 +228,8 @@ def test_exponential_weighting_favours_recent_days():
     returns = rng.standard_normal((2, 60))
     returns[1, 50:] = returns[0, 50:]
     stocks = np.arange(2)
-    short = DayGraphBuilder(make_panel(returns), make_cfg(window=60, ewm_halflife=3.0)).correlation(
-        59, stocks
-    )
-    long = DayGraphBuilder(make_panel(returns), make_cfg(window=60, ewm_halflife=1e4)).correlation(59, stocks)
+    short = graph_builder(make_panel(returns), make_cfg(window=60, ewm_halflife=3.0)).correlation(59, stocks)
+    long = graph_builder(make_panel(returns), make_cfg(window=60, ewm_halflife=1e4)).correlation(59, stocks)
     assert short[0][0, 1] > 0.8
     assert long[0][0, 1] < 0.5
 
@@ -240,7 +243,7 @@ def test_sector_mode_links_only_sector_peers():
     sectors = np.array([1, 1, 1, 1, 1, 2, 2, 2, 0, 0, 3, 1])
     returns = factor_returns(12, 40, seed=9)
     returns[11] = np.nan  # no returns: still linked to sector peers, with corr 0
-    builder = DayGraphBuilder(make_panel(returns, sectors), make_cfg(mode="sector", top_k=2))
+    builder = graph_builder(make_panel(returns, sectors), make_cfg(mode="sector", top_k=2))
     edge_index, edge_attr = builder(39, np.arange(12))
     src, dst = edge_index.numpy()
     assert (sectors[src] == sectors[dst]).all() and (sectors[src] > 0).all()
@@ -261,7 +264,7 @@ def test_sector_mode_links_only_sector_peers():
 def test_none_mode_has_no_edges_and_needs_no_return_feature():
     x = np.random.default_rng(11).standard_normal((5, 10, 1)).astype(np.float32)
     panel = DayPanel.from_arrays(x, np.zeros((5, 10, 1)), feature_names=["volume_z"])
-    edge_index, edge_attr = DayGraphBuilder(panel, make_cfg(mode="none"))(9, np.arange(5))
+    edge_index, edge_attr = graph_builder(panel, make_cfg(mode="none"))(9, np.arange(5))
     assert edge_index.shape == (2, 0) and edge_index.dtype == torch.long
     assert edge_attr.shape == (0, 3) and edge_attr.dtype == torch.float32
 
@@ -271,13 +274,13 @@ def test_edge_attributes_same_sector_and_same_market():
     market = np.array([0, 1, 1, 1, 0, 0])
     panel = make_panel(factor_returns(6, 30, seed=12, missing=0.0), sectors)
     cfg = make_cfg(threshold=0.0, top_k=5)
-    edge_index, edge_attr = DayGraphBuilder(panel, cfg, market_id=market)(29, np.arange(6))
+    edge_index, edge_attr = graph_builder(panel, cfg, market_id=market)(29, np.arange(6))
     assert edge_index.shape[1] == 30  # complete graph: every pair of 6 stocks, both ways
     src, dst = edge_index.numpy()
     same_sector = ((sectors[src] == sectors[dst]) & (sectors[src] > 0)).astype(np.float32)
     np.testing.assert_array_equal(edge_attr[:, 1].numpy(), same_sector)  # unknown (0) is never "same"
     np.testing.assert_array_equal(edge_attr[:, 2].numpy(), (market[src] == market[dst]).astype(np.float32))
-    _, attr = DayGraphBuilder(panel, cfg)(29, np.arange(6))  # no market_id: one market
+    _, attr = graph_builder(panel, cfg)(29, np.arange(6))  # no market_id: one market
     assert (attr[:, 2] == 1.0).all()
 
 
@@ -288,8 +291,8 @@ def test_local_indices_for_a_subset_in_any_order():
     market = np.arange(30) % 2
     subset = np.array([21, 4, 17, 9, 28, 0, 13, 6, 25, 11, 2, 19])
     cfg = make_cfg(threshold=0.2, top_k=3)
-    whole = DayGraphBuilder(make_panel(returns, sectors), cfg, market_id=market)
-    alone = DayGraphBuilder(make_panel(returns[subset], sectors[subset]), cfg, market_id=market[subset])
+    whole = graph_builder(make_panel(returns, sectors), cfg, market_id=market)
+    alone = graph_builder(make_panel(returns[subset], sectors[subset]), cfg, market_id=market[subset])
     ref_index, ref_attr = alone(39, np.arange(len(subset)))
     reference = edge_attrs(ref_index, ref_attr, subset)
     for order in (np.arange(len(subset)), np.random.default_rng(14).permutation(len(subset))):
@@ -306,10 +309,10 @@ def test_default_config_section_and_env_switch():
     """The real ``model.graph`` section works as cfg; DISABLE_GRAPH_BUILDER gives an empty graph."""
     panel = make_panel(factor_returns(10, 260, seed=15))  # the default window needs 125 observed days
     cfg = load_config(None, env={}).cfg
-    edge_index, _ = DayGraphBuilder(panel, cfg.model.graph)(259, np.arange(10))
+    edge_index, _ = graph_builder(panel, cfg.model.graph)(259, np.arange(10))
     assert edge_index.shape[1] > 0
     disabled = load_config(None, env={"DISABLE_GRAPH_BUILDER": "1"}).cfg
-    assert DayGraphBuilder(panel, disabled.model.graph)(259, np.arange(10))[0].shape == (2, 0)
+    assert graph_builder(panel, disabled.model.graph)(259, np.arange(10))[0].shape == (2, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def test_default_config_section_and_env_switch():
 
 def test_cache_returns_identical_tensors_and_stays_bounded():
     panel = make_panel(factor_returns(15, 40, seed=16))
-    builder = DayGraphBuilder(panel, make_cfg(), cache_days=2)
+    builder = graph_builder(panel, make_cfg(), cache_days=2)
     stocks = np.arange(15)
     first = builder(30, stocks)
     again = builder(30, stocks.astype(np.int32))  # same indices, other dtype: same key
@@ -331,14 +334,14 @@ def test_cache_returns_identical_tensors_and_stays_bounded():
     rebuilt = builder(30, stocks)  # evicted: built again, equal but new
     assert rebuilt[0] is not first[0]
     assert torch.equal(rebuilt[0], first[0]) and torch.equal(rebuilt[1], first[1])
-    uncached = DayGraphBuilder(panel, make_cfg(), cache_days=0)
+    uncached = graph_builder(panel, make_cfg(), cache_days=0)
     uncached(30, stocks)
     assert uncached.cache_info()["size"] == 0
 
 
 def test_bad_input_is_refused_with_a_clear_message():
     panel = make_panel(factor_returns(6, 10, seed=17))
-    builder = DayGraphBuilder(panel, make_cfg())
+    builder = graph_builder(panel, make_cfg())
     with pytest.raises(ValueError, match=r"day 10 is outside the panel's calendar \(0..9\)"):
         builder(10, np.arange(6))
     with pytest.raises(ValueError, match="day -1 is outside"):
@@ -356,11 +359,11 @@ def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="more than once"):
         builder(5, np.array([1, 2, 1]))
     with pytest.raises(ValueError, match=r"'ret_1day'.*did you mean 'ret_1d'"):
-        DayGraphBuilder(panel, make_cfg(return_feature="ret_1day"))
+        graph_builder(panel, make_cfg(return_feature="ret_1day"))
     with pytest.raises(ValueError, match="mode='fully_connected'"):
-        DayGraphBuilder(panel, make_cfg(mode="fully_connected"))
+        graph_builder(panel, make_cfg(mode="fully_connected"))
     with pytest.raises(ValueError, match=r"market_id must be an integer array \[6\]"):
-        DayGraphBuilder(panel, make_cfg(), market_id=np.zeros(5, dtype=int))
+        graph_builder(panel, make_cfg(), market_id=np.zeros(5, dtype=int))
     assert builder(5, np.array([], dtype=np.int64))[0].shape == (2, 0)  # an empty day is not an error
 
 

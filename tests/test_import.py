@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from atft.data.csv_reader import csv_files, csv_records, read_csv
 from atft.data.importer import DataImportError, import_market
 from atft.data.store import LISTED_INFO_SCHEMA, PRICE_SCHEMA, RawStore, StoreError
 
@@ -1116,3 +1117,22 @@ NASTY = {
 def test_malformed_input_names_the_file(tmp_path, case):
     with pytest.raises(DataImportError, match=NASTY[case]):
         import_market(_nasty(tmp_path, case), tmp_path / "store")
+
+
+# ------------------------------------------------------------------------------------- the CSV layer
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_the_csv_layer_returns_named_parts(tmp_path, quoted):
+    code = '"1111"' if quoted else "1111"
+    f = write(
+        tmp_path / "p.csv", HEADER, "", f"2024-01-04,{code},1,1,1,1,1", ",,", f"2024-01-05,{code},1,1,1,1,1"
+    )
+    records = csv_records(f)
+    assert records.header == HEADER.split(",") and records.by_csv_module == quoted
+    assert list(records.lines) == [3, 5] and records.blank_lines == 2
+    table = read_csv(f)
+    assert table.frame.columns == HEADER.split(",") and table.frame["code"].to_list() == ["1111", "1111"]
+    assert list(table.lines) == [3, 5] and table.blank_lines == 2
+    (tmp_path / ".hidden.csv").write_text(HEADER)
+    assert csv_files(tmp_path) == ([f], [tmp_path / ".hidden.csv"])

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from atft.data.panel import DayPanel
+from atft.features.panel import DayPanel
 from atft.training.datamodule import DayDataModule, DayDataset, collate_days
 
 FEATURES = ["f_a", "f_b", "f_c"]

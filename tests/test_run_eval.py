@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from atft.cli.app import app
 from atft.evaluation.backtest import backtest
 from atft.evaluation.evaluate import evaluate_predictions
-from atft.evaluation.run_eval import daily_returns
+from atft.features.dataset import DatasetFolder
 
 runner = CliRunner()
 
@@ -78,7 +78,9 @@ def test_backtest_trades_the_runs_forecasts(tiny_run, tiny_dataset):
     assert record["params"]["holding_days"] == 5 and record["params"]["cost_bps"] == 10
     preds = pl.read_parquet(tiny_run / "predictions" / "test.parquet")
     signals = preds.filter(pl.col("horizon") == 5).select("date", "code", "prediction")
-    direct = backtest(signals, daily_returns(tiny_dataset), top_k=5, holding_days=5, cost_bps=10)
+    direct = backtest(
+        signals, DatasetFolder(tiny_dataset).daily_returns(), top_k=5, holding_days=5, cost_bps=10
+    )
     daily = pl.read_parquet(out_dir / "daily.parquet")
     assert daily.equals(direct.daily)
     assert record["summary"]["sharpe"] == pytest.approx(direct.summary["sharpe"])
@@ -159,7 +161,7 @@ def test_the_real_jp_run_is_evaluated_backtested_and_diagnosed(real_dataset, tmp
 def test_scoring_the_training_forecasts_gives_what_evaluate_gives(tiny_run, tmp_path):
     import shutil
 
-    from atft.evaluation.run_eval import evaluate_run, score_training_forecasts
+    from atft.workflow.evaluate import evaluate_run, score_training_forecasts
 
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval", "backtest", "report*"))

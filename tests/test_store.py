@@ -1,15 +1,33 @@
-"""The raw store: atomic writes, overwrite safety, clear errors on a folder that is not a store."""
+"""The raw store: atomic and interrupt-safe writes, overwrite safety, clear errors on a folder that is not a
+store or on a damaged table."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import signal
 import stat
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
-from atft.data.store import RawStore, StoreError, check_target, conform, read_manifest, write_store
+from atft.cli.app import app
+from atft.data.store import (
+    RawStore,
+    StoreError,
+    check_tables,
+    check_target,
+    conform,
+    read_manifest,
+    remove_leftovers,
+    restore_old_copy,
+    write_store,
+)
+
+runner = CliRunner()
 
 
 def tables(n: int = 3):
@@ -209,3 +227,182 @@ def test_a_target_under_a_file_fails_before_any_work(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(StoreError, match="is a file, not a folder"):
         check_target(tmp_path / "f" / "sub" / "raw", overwrite=False)
+
+
+# ------------------------------------------------------------------------------------ damaged tables
+
+
+def _damage(file, how: str) -> None:
+    """Truncate ``file`` to half its size, or replace it with random bytes of its size."""
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2] if how == "half" else os.urandom(len(data)))
+
+
+@pytest.mark.parametrize("how", ["half", "random"])
+@pytest.mark.parametrize("table", ["prices", "listed_info"])
+def test_a_damaged_table_is_a_one_line_store_error(tmp_path, how, table):
+    write_store(tmp_path / "s", tables(), {"kind": "imported"})
+    assert check_tables(tmp_path / "s") == [
+        tmp_path / "s" / "prices.parquet",
+        tmp_path / "s" / "listed_info.parquet",
+    ]
+    _damage(tmp_path / "s" / f"{table}.parquet", how)
+    for read in (check_tables, RawStore.read):
+        with pytest.raises(StoreError) as info:
+            read(tmp_path / "s")
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 's' / table}.parquet is damaged (truncated or not parquet)")
+        assert "atft data import ... --overwrite" in message and "\n" not in message
+
+
+def test_damage_inside_the_data_pages_is_found_when_the_table_is_read(tmp_path):
+    write_store(tmp_path / "s", tables(), {"kind": "synthetic"})
+    file = tmp_path / "s" / "prices.parquet"
+    data = bytearray(file.read_bytes())
+    data[4:100] = b"\xff" * 96  # the first column's pages; the footer stays intact
+    file.write_bytes(bytes(data))
+    check_tables(tmp_path / "s")  # the footer opens
+    with pytest.raises(
+        StoreError, match=r"prices\.parquet is damaged \(its data cannot be read: .*atft data synth"
+    ):
+        RawStore.read(tmp_path / "s")
+
+
+def test_a_damaged_table_left_on_disk_still_fails_the_read(tmp_path):
+    # `atft data build` reads with oracle=False and copies the oracle later: the damage must show up now.
+    write_store(tmp_path / "s", {**tables(), "oracle": pl.DataFrame({"x": [1.0]})}, {"kind": "synthetic"})
+    _damage(tmp_path / "s" / "oracle.parquet", "half")
+    with pytest.raises(StoreError, match=r"oracle\.parquet is damaged"):
+        RawStore.read(tmp_path / "s", oracle=False)
+
+
+def test_info_and_build_fail_on_a_damaged_table_with_one_line(tmp_path):
+    write_store(tmp_path / "s", tables(), {"kind": "imported"})
+    ok = runner.invoke(app, ["data", "info", str(tmp_path / "s")])
+    assert ok.exit_code == 0, ok.output
+    _damage(tmp_path / "s" / "prices.parquet", "random")
+    for args in (
+        ["data", "info", str(tmp_path / "s")],
+        ["data", "build", "--raw", str(tmp_path / "s"), "--out", str(tmp_path / "d")],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+        assert "prices.parquet is damaged" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------------------- interrupted writes
+
+
+def test_ctrl_c_while_writing_removes_the_staging_folder(tmp_path, monkeypatch):
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "s", tables(), {"kind": "test"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_ctrl_c_does_not_stop_the_cleanup(tmp_path, monkeypatch):
+    real_rmtree = shutil.rmtree
+    calls = []
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    def rmtree_hit_again(path, *a, **k):
+        calls.append(path)
+        signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C again while the folder is deleted
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", interrupted)
+    monkeypatch.setattr(shutil, "rmtree", rmtree_hit_again)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "s", tables(), {"kind": "test"})
+    assert calls and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_sigterm_while_writing_removes_the_staging_folder(tmp_path, monkeypatch):
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this process")
+
+    def terminated(self, *a, **k):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", terminated)
+    with pytest.raises(SystemExit) as info:
+        write_store(tmp_path / "s", tables(), {"kind": "test"})
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_ctrl_c_during_the_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch):
+    write_store(tmp_path / "s", tables(3), {"kind": "old"})
+    real_replace = os.replace
+
+    def replace_hit(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith(f".s.old-{os.getpid()}"):
+            signal.raise_signal(signal.SIGINT)  # between hiding the old store and moving the new one in
+
+    monkeypatch.setattr(os, "replace", replace_hit)
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "s", tables(5), {"kind": "new"}, overwrite=True)
+    assert read_manifest(tmp_path / "s")["kind"] == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_leftovers_of_dead_writers_are_removed_counted_and_logged(tmp_path, caplog):
+    dead = [tmp_path / ".s.tmp-999999999-abcd", tmp_path / ".s.del-999999999-ef01"]
+    for folder in dead:
+        folder.mkdir()
+        (folder / "prices.parquet").write_text("half written")
+    other = tmp_path / ".t.tmp-999999999-abcd"  # another target's: not ours to remove
+    other.mkdir()
+    with caplog.at_level(logging.WARNING, logger="atft.data.store"):
+        write_store(tmp_path / "s", tables(), {"kind": "test"})
+    assert not any(p.exists() for p in dead) and other.exists()
+    assert "removed 2 folder(s)" in caplog.text and ".s.tmp-999999999-abcd" in caplog.text
+    assert remove_leftovers(tmp_path / "t") == [other]
+
+
+def _killed_mid_swap(tmp_path):
+    """A store ``s`` as a writer killed between its two renames leaves it: hidden old copy, no ``s``."""
+    write_store(tmp_path / "s", tables(3), {"kind": "old"})
+    staging = tmp_path / ".s.tmp-999999999-abcd"
+    staging.mkdir()
+    (staging / "manifest.json").write_text("{}")
+    os.rename(tmp_path / "s", tmp_path / ".s.old-999999999")
+    return tmp_path / "s"
+
+
+def test_a_read_restores_the_old_copy_a_killed_swap_hid(tmp_path, caplog):
+    store = _killed_mid_swap(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="atft.data.store"):
+        assert RawStore.read(store).manifest["kind"] == "old"
+    assert "restored" in caplog.text and ".s.old-999999999" in caplog.text
+    assert not (tmp_path / ".s.old-999999999").exists()
+
+
+def test_a_write_restores_the_old_copy_instead_of_deleting_it(tmp_path):
+    store = _killed_mid_swap(tmp_path)
+    with pytest.raises(StoreError, match="already exists"):  # the old store is back: no silent overwrite
+        write_store(store, tables(5), {"kind": "new"})
+    assert read_manifest(store)["kind"] == "old"
+    store = _killed_mid_swap(tmp_path / "again")
+    write_store(store, tables(5), {"kind": "new"}, overwrite=True)
+    assert read_manifest(store)["kind"] == "new"
+    assert [p.name for p in store.parent.iterdir()] == ["s"]  # old copy and staging are gone
+
+
+def test_a_live_writers_hidden_copy_is_left_alone(tmp_path):
+    write_store(tmp_path / "s", tables(3), {"kind": "old"})
+    os.rename(tmp_path / "s", tmp_path / f".s.old-{os.getpid()}")  # a swap in progress
+    assert restore_old_copy(tmp_path / "s") is None
+    with pytest.raises(StoreError, match="not a folder"):
+        read_manifest(tmp_path / "s")
+    assert (tmp_path / f".s.old-{os.getpid()}").exists()

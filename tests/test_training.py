@@ -19,10 +19,12 @@ from typer.testing import CliRunner
 
 from atft.cli.app import app
 from atft.config import load_config
-from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard, RunFolder
+from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard
 from atft.training.loss import MultiHorizonLoss
 from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
-from atft.training.run import resolve_hardware, train_run
+from atft.training.run_folder import RunFolder
+from atft.training.trainer import resolve_hardware
+from atft.workflow.train import train_run
 
 runner = CliRunner()
 
@@ -111,21 +113,22 @@ def test_run_folder_is_complete(tiny_run):
 
 
 def test_best_checkpoint_reloads_and_reproduces_its_predictions(tiny_run, tiny_dataset):
-    from atft.data.panel import DayPanel
-    from atft.data.splits import splits_from_config, trading_calendar
+    from atft.data.splits import splits_from_config
+    from atft.features.dataset import DatasetFolder
+    from atft.features.panel import DayPanel
     from atft.training.datamodule import DayDataModule
-    from atft.training.run import market_ids, predict_frame
+    from atft.training.module import predict_frame
+    from atft.workflow.run_data import day_graph
 
     run_dir, _ = tiny_run
     module = ForecastModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     cfg = module.cfg
     panel = DayPanel.load(tiny_dataset, labels=[f"target_{h}d" for h in cfg.data.horizons])
-    split = splits_from_config(trading_calendar(tiny_dataset), cfg)[-1]
-    from atft.models.graph import DayGraphBuilder
-
+    dataset = DatasetFolder(tiny_dataset)
+    split = splits_from_config(dataset.calendar(), cfg)[-1]
     data = DayDataModule.from_split(
         panel, split, lookback=cfg.data.lookback, min_stocks=cfg.data.min_stocks_per_day,
-        graph=DayGraphBuilder(panel, cfg.model.graph, market_id=market_ids(tiny_dataset)),
+        graph=day_graph(panel, cfg, dataset),
     )  # fmt: skip
     data.setup()
     assert pl.read_parquet(tiny_dataset / "stocks.parquet")["market_id"].n_unique() > 1  # a real attribute
@@ -262,7 +265,7 @@ def test_train_cli_refuses_bad_input(tiny_dataset, tmp_path):
     bad_key = runner.invoke(app, ["train", "--data-path", str(tiny_dataset), "model.hiden_size=3"])
     assert bad_key.exit_code == 2 and "hidden_size" in bad_key.output
     no_run = runner.invoke(app, ["train", "--resume", str(tmp_path)])
-    assert no_run.exit_code == 2 and "last.ckpt" in no_run.output
+    assert no_run.exit_code == 2 and "not a run folder" in no_run.output
 
 
 @pytest.mark.slow

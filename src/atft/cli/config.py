@@ -6,8 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atft.cli.ui import user_errors
-from atft.config import DEFAULT_PRESET, load_config
+from atft.cli.ui import PRESET, user_errors
+from atft.config import load_config
 
 app = typer.Typer(
     help=(
@@ -41,12 +41,7 @@ def show(
         help="Dotted overrides applied last, e.g. train.batch.train_batch_size=2048 data.horizons=[1,5,10,20].",
         show_default=False,
     ),
-    preset: str = typer.Option(
-        DEFAULT_PRESET,
-        "--preset",
-        "-p",
-        help="Preset name in configs/ (e.g. cpu, production) or a path to a .yaml file.",
-    ),
+    preset: str = PRESET,
 ) -> None:
     with user_errors():
         resolved = load_config(preset, overrides or ())

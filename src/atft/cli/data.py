@@ -8,9 +8,9 @@ import typer
 from rich.markup import escape
 
 from atft.cli.splits import splits
-from atft.cli.ui import console, print_manifest, stages, user_errors
-from atft.config import DEFAULT_PRESET, load_config
-from atft.data.store import check_target, read_manifest
+from atft.cli.ui import PRESET, console, print_manifest, stages, user_errors
+from atft.config import load_config
+from atft.data.store import check_tables, check_target, read_manifest
 
 app = typer.Typer(help="Make, import and inspect market data.", no_args_is_help=True)
 
@@ -98,13 +98,7 @@ def build(
     out: Path | None = typer.Option(
         None, "--out", help="Folder to write the dataset to (default: data.dataset_dir)."
     ),
-    preset: str = typer.Option(
-        DEFAULT_PRESET,
-        "--config",
-        "--preset",
-        "-c",
-        help="Preset name in configs/ or a path to a .yaml file.",
-    ),
+    preset: str = PRESET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset at --out."),
 ) -> None:
     """Build the dataset (point-in-time features, labels, stock ids) that every model reads from a raw store."""
@@ -133,7 +127,11 @@ app.command("splits")(splits)
 def info(
     path: Path = typer.Argument(..., help="A store or dataset folder (one with manifest.json)."),
 ) -> None:
-    """Print a store's or dataset's manifest: size, date range, tables, checks, features and exclusions."""
+    """Print a store's or dataset's manifest: size, date range, tables, checks, features and exclusions.
+
+    Every table the manifest lists must open first: a truncated or damaged file is an error naming it.
+    """
     with user_errors():
         manifest = read_manifest(path)
+        check_tables(path)  # the manifest alone would describe a damaged store as sound
     print_manifest(manifest)

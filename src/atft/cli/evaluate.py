@@ -8,9 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from atft.cli.train import say
-from atft.cli.ui import console, user_errors
+from atft.cli.ui import console, say, user_errors
+from atft.reporting.doctor import diagnose_run
 from atft.reporting.numbers import fmt
+from atft.workflow.evaluate import backtest_run, evaluate_run
 
 RUN_DIR = typer.Argument(..., help="A run folder written by `atft train`.", show_default=False)
 
@@ -20,8 +21,6 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="Segment to forecast and score: train, valid or test."),
 ) -> None:
     """Forecast a segment with the run's best checkpoint; write eval/metrics.json, per_day and predictions."""
-    from atft.evaluation.run_eval import evaluate_run
-
     with user_errors():
         result, out = evaluate_run(run_dir, split=split, say=say)
     console.print(evaluation_table(result.metrics, title=f"{split} segment: {escape(str(run_dir))}"))
@@ -75,8 +74,6 @@ def backtest(
     split: str = typer.Option("test", "--split", help="Whose forecasts: valid or test."),
 ) -> None:
     """Backtest a portfolio on the run's forecasts; write backtest/<strategy>_<h>d/ (daily returns, summary)."""
-    from atft.evaluation.run_eval import backtest_run
-
     with user_errors():
         result, out = backtest_run(
             run_dir,
@@ -125,16 +122,7 @@ def diagnose(
     html: bool = typer.Option(False, "--html", help="Also write a self-contained report.html."),
 ) -> None:
     """Diagnose a run from its own files; write report.md with plots (and report.html)."""
-    from atft.reporting.doctor import diagnose_run
-
     with user_errors():
-        # A run that died in its first epoch has no metrics.csv yet: the doctor still reads the rest.
-        if not any(
-            (Path(run_dir) / name).is_file() for name in ("metrics.csv", "config.yaml", "summary.json")
-        ):
-            raise FileNotFoundError(
-                f"{run_dir} has no metrics.csv, config.yaml or summary.json: is it a run folder of `atft train`?"
-            )
         diagnosis = diagnose_run(run_dir, html=html)
     main = diagnosis.main
     console.print(

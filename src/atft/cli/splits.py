@@ -8,8 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from atft.cli.ui import console, user_errors
-from atft.config import DEFAULT_PRESET, load_config
+from atft.cli.ui import PRESET, console, user_errors
+from atft.config import load_config
+from atft.data.splits import splits_from_config, trading_calendar
+from atft.features.dataset import DatasetFolder
 
 
 def splits(
@@ -24,29 +26,21 @@ def splits(
         help="Dotted overrides applied last, e.g. data.split.n_folds=3 data.split.window=sliding.",
         show_default=False,
     ),
-    preset: str = typer.Option(
-        DEFAULT_PRESET,
-        "--preset",
-        "-p",
-        help="Preset name in configs/ (e.g. cpu, production) or a path to a .yaml file.",
-    ),
+    preset: str = PRESET,
 ) -> None:
     """Print each fold's train / valid / test date ranges, counted in trading days, with the purge gaps.
 
     Walk-forward by default; explicit dates with data.split.mode=explicit
     data.split.train=[2015-01-05,2018-12-28] data.split.valid=[...] data.split.test=[...].
     """
-    from atft.data.splits import splits_from_config, trading_calendar
-    from atft.features.dataset import read_dataset_manifest
-
     with user_errors():
         overrides = list(overrides or ())
-        if (path / "manifest.json").is_file() and (path / "features.parquet").is_file():
+        dataset = DatasetFolder(path) if (path / "features.parquet").is_file() else None
+        if dataset is not None and (path / "manifest.json").is_file():
             # A dataset's labels fix the horizons the purge must cover, whatever the config says.
-            horizons = read_dataset_manifest(path)["horizons"]
-            overrides.append(f"data.horizons=[{','.join(map(str, horizons))}]")
+            overrides.append(f"data.horizons=[{','.join(map(str, dataset.horizons))}]")
         cfg = load_config(preset, overrides).cfg
-        calendar = trading_calendar(path)
+        calendar = dataset.calendar() if dataset is not None else trading_calendar(path)
         folds = splits_from_config(calendar, cfg)
 
     s = cfg.data.split

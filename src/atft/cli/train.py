@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import typer
-from omegaconf import OmegaConf
 from rich.markup import escape
 
-from atft.cli.ui import console, err_console, user_errors
+from atft.cli.ui import PRESET, console, say, user_errors
 from atft.config import DEFAULT_PRESET, load_config
-
-
-def say(stage: str) -> None:
-    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(stage)}", highlight=False)
+from atft.workflow.train import new_run_dir, resume_config, train_run
 
 
 def train(
@@ -33,13 +27,7 @@ def train(
     max_epochs: int | None = typer.Option(
         None, "--max-epochs", help="Epochs at most (default: train.max_epochs)."
     ),
-    preset: str = typer.Option(
-        DEFAULT_PRESET,
-        "--preset",
-        "--config",
-        "-c",
-        help="Preset name in configs/ or a path to a .yaml file.",
-    ),
+    preset: str = PRESET,
     run_name: str | None = typer.Option(
         None, "--run-name", help="Folder name under train.runs_dir (default: a timestamp)."
     ),
@@ -48,8 +36,6 @@ def train(
     ),
 ) -> None:
     """Train a model; writes config, metrics.csv, events.jsonl, train.log, checkpoints and predictions."""
-    from atft.training.run import new_run_dir, train_run
-
     with user_errors():
         if resume is not None:
             if overrides or run_name or preset != DEFAULT_PRESET:
@@ -58,13 +44,8 @@ def train(
                     "(--max-epochs may extend it)"
                 )
             run_dir = resume
-            if not (run_dir / "checkpoints" / "last.ckpt").exists():
-                raise ValueError(f"{run_dir / 'checkpoints' / 'last.ckpt'} not found: nothing to resume")
-            extend = [f"train.max_epochs={max_epochs}"] if max_epochs is not None else []
-            cfg = load_config(run_dir / "config.yaml", extend, env={}).cfg
-            if extend:  # the run's own config now says how long it trains
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-            data_path = data_path or Path(json.loads((run_dir / "run.json").read_text())["data_path"])
+            cfg, recorded = resume_config(run_dir, max_epochs)
+            data_path = data_path or recorded
         else:
             tokens = list(overrides or ())
             if max_epochs is not None:

@@ -22,9 +22,24 @@ from rich.table import Table
 from rich.text import Text
 
 from atft.cli.dataset_view import dataset_tables
+from atft.config import DEFAULT_PRESET
 
 console = Console()
 err_console = Console(stderr=True)
+
+# The one declaration of the preset option, shared by every command that resolves a config.
+PRESET: str = typer.Option(
+    DEFAULT_PRESET,
+    "--preset",
+    "--config",
+    "-p",
+    help="Preset name in configs/ (e.g. cpu, production) or a path to a .yaml file (a run's config.yaml).",
+)
+
+
+def say(stage: str) -> None:
+    """Print a stage as a timestamped line on stderr (where a live progress display already runs)."""
+    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(stage)}", highlight=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -54,6 +69,8 @@ def user_errors() -> Iterator[None]:
         fail(str(e))
     except OSError as e:
         fail(_os_error_message(e))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)  # the shell's convention for Ctrl-C: 128 + SIGINT
 
 
 def print_manifest(manifest: dict[str, Any]) -> None:

@@ -7,9 +7,15 @@
 >>> resolved.sources["train.optimizer.lr"]
 'cli'
 
+``ATFTConfig`` is the type of the whole config (the root dataclass of the schema), for annotations
+such as ``cfg: ATFTConfig``. The modules: ``schema`` (the dataclasses and their rules), ``validation``
+(the checks and conversions that enforce them), ``loader`` (presets, environment aliases, overrides
+and provenance), ``errors`` (``ConfigError``).
+
 See docs/config.md for the layers, the override syntax and the table of environment aliases.
 """
 
+from atft.config.errors import ConfigError
 from atft.config.loader import (
     CONFIG_DIR_ENV,
     DEFAULT_PRESET,
@@ -22,15 +28,14 @@ from atft.config.loader import (
 )
 from atft.config.schema import (
     ATFTConfig,
-    ConfigError,
     DataConfig,
     EvalConfig,
     LossConfig,
     ModelConfig,
     TrainConfig,
     schema_fields,
-    validate,
 )
+from atft.config.validation import validate
 
 __all__ = [
     "ATFTConfig",

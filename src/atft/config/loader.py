@@ -8,8 +8,13 @@ environment variable or override token) that introduced it.
 Rules that relate several keys (warm-up shorter than training, one loss weight per horizon, the
 monitored metric exists, ...) are checked once, on the final config: a layer may set one of two linked
 keys and a later layer the other, and only the end result matters. Before that, defaults that depend on
-another key are adapted (``adapt_defaults``: the early-stopping monitor follows ``data.horizons``).
+another key are adapted (``adapt_defaults``: the early-stopping monitor follows ``data.horizons``, a
+warm-up that no environment alias or override set shrinks to fit ``train.max_epochs``).
 The source of every key is remembered for provenance.
+
+The schema (the dataclasses and their rules) is ``atft.config.schema``; the checks and conversions
+that enforce it are ``atft.config.validation``. This module reads the layers, merges them in order and
+keeps track of which layer set each key.
 """
 
 from __future__ import annotations
@@ -25,19 +30,21 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import atft
+from atft.config.errors import ConfigError
 from atft.config.schema import (
-    BOOL_WORDS,
     ATFTConfig,
-    ConfigError,
-    adapt_defaults,
-    coerce_value,
-    field_spec,
     is_list_type,
     is_optional_type,
     is_text_type,
-    parse_bool,
     schema_fields,
     schema_sections,
+)
+from atft.config.validation import (
+    BOOL_WORDS,
+    adapt_defaults,
+    coerce_value,
+    field_spec,
+    parse_bool,
     validate_cross_fields,
     validate_fields,
 )
@@ -45,6 +52,7 @@ from atft.config.schema import (
 CONFIG_DIR_ENV = "ATFT_CONFIG_DIR"
 DEFAULT_PRESET = "cpu"
 NO_PRESET = "none"  # ResolvedConfig.preset when load_config(preset=None)
+PRESET_LABEL = "preset:"  # the provenance label of a preset's values starts so: "preset:cpu"
 
 
 class _DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -171,7 +179,7 @@ class ResolvedConfig:
     ``cfg`` is a typed, read-only OmegaConf config of the ``ATFTConfig`` schema. ``sources`` maps each
     dotted key whose value differs from the schema default to ``preset:<name or path>``,
     ``env:<VARIABLE>``, ``cli``, or ``derived:<key>`` for a default adapted to another key (e.g. the
-    early-stopping monitor to ``data.horizons``).
+    early-stopping monitor to ``data.horizons``, the warm-up to ``train.max_epochs``).
     """
 
     cfg: DictConfig
@@ -242,12 +250,12 @@ def resolve_preset(preset: str | Path, env: Mapping[str, str] | None = None) -> 
             raise ConfigError(f"Preset {path} is a directory; pass a .yaml file or a preset name")
         if not path.is_file():
             raise ConfigError(f"Preset file {path} does not exist")
-        return path, f"preset:{preset}"
+        return path, f"{PRESET_LABEL}{preset}"
     folder = find_config_dir(env)
     for suffix in (".yaml", ".yml"):
         path = folder / f"{preset}{suffix}"
         if path.is_file():
-            return path, f"preset:{preset}"
+            return path, f"{PRESET_LABEL}{preset}"
     names = ", ".join(available_presets(env)) or "(none)"
     raise ConfigError(
         f"Unknown preset {str(preset)!r}; available presets in {folder}: {names} (or pass a path to a .yaml file)"
@@ -447,9 +455,11 @@ def load_config(
 
     # Only now, with every layer in, adapt the defaults that follow other keys and check the rules that
     # link keys: an intermediate state (env sets warm-up, the command line raises max_epochs) may be
-    # inconsistent without the result being so. A key any layer set counts as chosen by the user.
+    # inconsistent without the result being so. A key any layer set counts as chosen by the user, except
+    # that a preset's warm-up may still shrink to fit max_epochs: only env and cli protect it.
+    user_set = {key for key, origin in origins.items() if not origin.label.startswith(PRESET_LABEL)}
     derived = _Layer()
-    for key, value, follows in adapt_defaults(values, explicit=set(origins)):
+    for key, value, follows in adapt_defaults(values, explicit=set(origins), user_set=user_set):
         derived.add(key, value, _Origin(f"derived:{follows}", f"the default, adapted to {follows}"))
     if derived.assignments:
         values = merge(derived)

@@ -10,17 +10,29 @@ A raw store is a folder of parquet tables plus ``manifest.json``:
 - ``manifest.json``        what was written, from where, and every check and repair with its count
 
 Writes are atomic: tables go to a hidden sibling folder that is renamed into place only when complete,
-so an interrupted write never leaves a half-written store behind.
+so an interrupted write never leaves a half-written store behind. Ctrl-C or SIGTERM during a write removes
+that folder (a second Ctrl-C waits until it is gone); one a killed writer left is removed by the next
+write. A writer killed while swapping an old store for the new one leaves the old one hidden beside the
+target; the next read or write of the target renames it back.
+
+This module is also the one place that turns a damaged table (truncated, or not parquet) into a one-line
+:class:`StoreError` naming the file and how to re-create it (:func:`check_tables`, :meth:`RawStore.read`).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +84,14 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 HORIZONS: tuple[int, ...] = (1, 5, 10, 20)
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # table names are file stems; no paths, no dots
+# What to run to re-create a damaged store, by its manifest kind.
+_REMAKE: dict[str, str] = {
+    "imported": "re-import it with `atft data import ... --overwrite`",
+    "synthetic": "re-create it with `atft data synth ... --overwrite`",
+    "dataset": "rebuild it with `atft data build ... --overwrite`",
+}
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(ValueError):
@@ -100,39 +120,62 @@ def write_store(
 
     The manifest gains ``format_version``, ``created_at`` and a ``tables`` entry (rows and columns per table).
     An existing ``out`` is an error unless ``overwrite`` is set; then it is replaced only after the new store
-    is complete.
+    is complete. Folders that interrupted writes of ``out`` left are removed first (``remove_leftovers``,
+    which logs how many), and an old copy a killed swap left hidden is restored (``restore_old_copy``).
     """
     out = Path(out)
-    check_target(out, overwrite=overwrite, kind=manifest.get("kind"))
+    check_target(out, overwrite=overwrite, kind=manifest.get("kind"))  # also restores a hidden old copy
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        remove_leftovers(out)
     except OSError as e:
         raise StoreError(f"cannot write {out}: {e.strerror} ({e.filename})") from e
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a store should be as readable as any folder
-    try:
-        table_info = {}
-        for name, df in tables.items():
-            df.write_parquet(staging / f"{name}.parquet", compression="zstd", statistics=True)
-            table_info[name] = {"file": f"{name}.parquet", "rows": df.height, "columns": df.columns}
-        full = {
-            "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **manifest,
-            "tables": table_info,
-        }
-        # allow_nan=False: NaN or Infinity would make manifest.json invalid JSON for other tools.
-        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str, allow_nan=False) + "\n")
-        _replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    staging: Path | None = None
+    with _sigterm_raises():
+        try:
+            with _signals_deferred():  # no interrupt between creating the folder and knowing its name
+                staging = _make_staging(out)
+            _write_tables(staging, tables, manifest)
+            _replace_dir(staging, out)
+        except BaseException:
+            if staging is not None:
+                # A second Ctrl-C during the deletion would otherwise leave the folder half deleted.
+                with _signals_deferred():
+                    shutil.rmtree(staging, ignore_errors=True)
+            raise
     return out
+
+
+def _make_staging(out: Path) -> Path:
+    """A new hidden staging folder beside ``out``, named after it and this process."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    except OSError as e:
+        raise StoreError(f"cannot write {out}: {e.strerror} ({e.filename})") from e
+
+
+def _write_tables(staging: Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any]) -> None:
+    """Write the tables and the completed manifest into ``staging``."""
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a store should be as readable as any folder
+    table_info = {}
+    for name, df in tables.items():
+        df.write_parquet(staging / f"{name}.parquet", compression="zstd", statistics=True)
+        table_info[name] = {"file": f"{name}.parquet", "rows": df.height, "columns": df.columns}
+    full = {
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **manifest,
+        "tables": table_info,
+    }
+    # allow_nan=False: NaN or Infinity would make manifest.json invalid JSON for other tools.
+    (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def check_target(out: str | Path, *, overwrite: bool, kind: str | None = None) -> None:
     """Fail early unless ``out`` may be written: absent, or (with ``overwrite``) an empty folder or a store.
+
+    An old copy of ``out`` that a killed write left hidden is first renamed back (``restore_old_copy``),
+    so it counts as the existing store.
 
     ``--overwrite`` never replaces a folder that is not an ATFT store: a mistyped ``--out`` must not
     delete someone's files. Only files the store itself writes (``manifest.json`` and ``<table>.parquet``
@@ -148,6 +191,7 @@ def check_target(out: str | Path, *, overwrite: bool, kind: str | None = None) -
             f"refusing to write {out}: it is a symbolic link (to {os.readlink(out)}); "
             "give the real folder as --out"
         )
+    restore_old_copy(out)  # a store a killed writer left hidden is the user's, not free space
     if not out.exists():
         _check_parent_writable(out)
         return
@@ -217,13 +261,71 @@ def _umask() -> int:
     return mask
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Remove staging or swap folders left by a write of ``out`` whose process died (kill -9, power loss)."""
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, rest = leftover.name[len(out.name) + 2 :].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+def _leftovers(out: Path) -> list[tuple[Path, str, int]]:
+    """The folders writes of ``out`` leave beside it, each with its kind and the writer's process id.
+
+    ``.<name>.tmp-<pid>-<random>``: a staging folder, being written or abandoned. ``.<name>.old-<pid>``:
+    the previous store, hidden during the swap (always whole: it is renamed, never written).
+    ``.<name>.del-<pid>-<random>``: a previous store being deleted after the swap.
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old|del)-(\d+)(?:-[^/]*)?")
+    found = []
+    for entry in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            found.append((entry, match[1], int(match[2])))
+    return found
+
+
+def restore_old_copy(out: str | Path) -> Path | None:
+    """Rename back the old store a killed writer hid while replacing ``out``; return where it was.
+
+    A write that replaces a store renames the old one to ``.<name>.old-<pid>`` and then the new one into
+    place; killed between the two, it leaves ``out`` missing. Only then (``out`` absent, the writer
+    dead) is the old copy renamed back, the newest if there are several; otherwise nothing happens.
+    """
+    out = Path(out)
+    if not out.name or out.exists() or out.is_symlink() or not out.parent.is_dir():
+        return None
+    olds = [(p, pid) for p, kind, pid in _leftovers(out) if kind == "old" and not _alive(pid)]
+    if not olds:
+        return None
+    old = max(olds, key=lambda item: (item[0].stat().st_mtime, item[1]))[0]
+    try:
+        os.replace(old, out)
+    except OSError as e:
+        if out.exists():  # another reader restored it first
+            return None
+        raise StoreError(
+            f"{out} is missing, and the copy a killed write left at {old} cannot be renamed back "
+            f"({e.strerror}); rename it to {out.name} yourself"
+        ) from e
+    log.warning("restored %s from %s, which a write killed while replacing it left hidden", out, old.name)
+    return old
+
+
+def remove_leftovers(out: str | Path) -> list[Path]:
+    """Remove the folders that writes of ``out`` by processes no longer alive left beside it.
+
+    Those are staging folders (Ctrl-C before the cleanup finished, kill -9, power loss), old copies
+    once ``out`` exists again (see ``restore_old_copy``), and old stores whose deletion was cut short.
+    A live writer's folders are left alone. Returns the folders removed; a warning logs their number.
+    """
+    out = Path(out)
+    removed = []
+    for entry, kind, pid in _leftovers(out):
+        if _alive(pid) or (kind == "old" and not out.exists()):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        log.warning(
+            "removed %d folder(s) that interrupted writes of %s left behind: %s",
+            len(removed),
+            out,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
 
 
 def _alive(pid: int) -> bool:
@@ -237,28 +339,94 @@ def _alive(pid: int) -> bool:
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
-    """Move a complete ``staging`` folder to ``out``; an old ``out`` is removed only after the swap."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
+    """Move a complete ``staging`` folder to ``out``; an old ``out`` is removed only after the swap.
+
+    The renames run with SIGINT and SIGTERM deferred, so Ctrl-C cannot land between them; a kill -9
+    there leaves ``out`` missing and the old store at ``.<name>.old-<pid>``, which the next read or
+    write of ``out`` renames back.
+    """
+    trash = None
     try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        with _signals_deferred():
+            if not out.exists():
+                os.replace(staging, out)
+                return
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            # Renamed before it is deleted, so that an .old- folder is always a whole store: a deletion
+            # cut short leaves a .del- folder, which is never restored.
+            trash = out.with_name(f".{out.name}.del-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(old, trash)
+    finally:  # also when a signal held during the swap is delivered on leaving the block
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers they had.
+
+    For short steps that must not be cut in two (a swap of folders, the cleanup of a staging folder).
+    Python runs signal handlers only in the main thread, so elsewhere, and for a signal that is ignored
+    or handled outside Python, this changes nothing. Blocking the signal mask instead would not work:
+    another thread (polars has a pool) would take the signal and Python would still raise.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None and handler is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a store is written, SIGTERM raises SystemExit (status 143) instead of killing the process,
+    so that the staging folder is removed as on Ctrl-C. Only in the main thread, and only while SIGTERM
+    has its default action: an application's own handler is left alone."""
+    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check ``manifest.json`` of a store, with a clear error when the folder is not a store.
 
     Its ``tables`` entry must be well formed (``{name: {"file": "<name>.parquet", "rows": int,
-    "columns": [str, ...]}}``) and every file it lists must exist; other entries are free-form.
+    "columns": [str, ...]}}``) and every file it lists must exist; other entries are free-form. A store
+    that a killed write left hidden while ``path`` is missing is renamed back first (``restore_old_copy``).
     """
     path = Path(path)
     mf = path / MANIFEST
+    restore_old_copy(path)
     if not path.is_dir():
         raise StoreError(f"{path} is not a folder")
     if not mf.is_file():
@@ -285,6 +453,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (polars appends pages of context), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _table_entry_problem(name: str, info: Any) -> str | None:
     """What is wrong with one ``tables`` entry of a manifest, or None."""
     if not _TABLE_NAME.match(name):
@@ -302,6 +476,37 @@ def _table_entry_problem(name: str, info: Any) -> str | None:
     return None
 
 
+def check_tables(path: str | Path) -> list[Path]:
+    """Check that every table of the store or dataset at ``path`` opens; return the files checked.
+
+    Reads the manifest (``read_manifest``) and the footer of each table it lists, where parquet keeps
+    the schema and the row groups: a file truncated anywhere, or not parquet at all, has no valid
+    footer. Raises :class:`StoreError` naming the first damaged file and the command that re-creates
+    the store. Data pages are not read (damage inside them surfaces, as the same error, when
+    :meth:`RawStore.read` reads the table).
+    """
+    path = Path(path)
+    return _open_tables(path, read_manifest(path))
+
+
+def _open_tables(path: Path, manifest: dict[str, Any]) -> list[Path]:
+    """``check_tables`` with the manifest already read."""
+    files = [path / f"{name}.parquet" for name in manifest.get("tables", {})]
+    for file in files:
+        try:
+            pl.scan_parquet(file, glob=False).collect_schema()
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+            raise _damaged(file, manifest, "truncated or not parquet") from e
+    return files
+
+
+def _damaged(file: Path, manifest: dict[str, Any], what: str) -> StoreError:
+    """The one-line error for a table that cannot be read: the file, what is wrong, how to re-create it."""
+    kind = manifest.get("kind")
+    remake = _REMAKE.get(kind if isinstance(kind, str) else "", "re-create it with the command that wrote it")
+    return StoreError(f"{file} is damaged ({what}): {remake}")
+
+
 @dataclass
 class RawStore:
     """A loaded raw store: the canonical tables plus its manifest."""
@@ -315,9 +520,14 @@ class RawStore:
 
     @classmethod
     def read(cls, path: str | Path, *, oracle: bool = True) -> RawStore:
-        """Load the store at ``path``; ``oracle=False`` leaves the synthetic oracle on disk."""
+        """Load the store at ``path``; ``oracle=False`` leaves the synthetic oracle on disk.
+
+        Every table the manifest lists must open (``check_tables``), read or not: a damaged oracle
+        fails here, not when a later step reads it. Raises :class:`StoreError` for a damaged table.
+        """
         path = Path(path)
         manifest = read_manifest(path)
+        _open_tables(path, manifest)
 
         def table(name: str, required: bool) -> pl.DataFrame | None:
             f = path / f"{name}.parquet"
@@ -325,7 +535,10 @@ class RawStore:
                 if required:
                     raise StoreError(f"{path} is missing {f.name}")
                 return None
-            df = pl.read_parquet(f, glob=False)
+            try:
+                df = pl.read_parquet(f, glob=False)
+            except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+                raise _damaged(f, manifest, f"its data cannot be read: {_first_line(e)}") from e
             missing = [c for c in REQUIRED_COLUMNS.get(name, ()) if c not in df.columns]
             if missing:
                 raise StoreError(f"{f} lacks column(s) {', '.join(missing)}; it has {', '.join(df.columns)}")

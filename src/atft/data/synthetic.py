@@ -28,7 +28,8 @@ import numpy as np
 import polars as pl
 from scipy.signal import lfilter, oaconvolve
 
-from atft.data.store import HORIZONS, conform
+from atft.data.store import HORIZONS, conform, read_manifest, write_store
+from atft.evaluation.metrics import mean_daily_rank_ic
 
 SECTOR17_NAMES: tuple[str, ...] = (
     "Foods",
@@ -339,7 +340,6 @@ def oracle_rank_ic(market: SyntheticMarket) -> dict[str, float]:
     The realized h-day return is close[t+h] / close[t] - 1 in the stock's own trading days; days where it
     is unknown (the end of the panel) are left out, never filled.
     """
-    from atft.evaluation.metrics import mean_daily_rank_ic
 
     fwd = market.prices.select(
         "date",
@@ -355,7 +355,6 @@ def oracle_rank_ic(market: SyntheticMarket) -> dict[str, float]:
 
 def write_synthetic(market: SyntheticMarket, out, *, overwrite: bool = False) -> dict:
     """Write ``market`` as a canonical raw store (with ``oracle.parquet``) and return its manifest."""
-    from atft.data.store import read_manifest, write_store
 
     p = market.params
     prices = market.prices

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -143,22 +141,6 @@ def evaluate_predictions(
         schema |= {"rankic": pl.Float64, "n": pl.Int64, "oracle_rankic": pl.Float64}
         table = pl.DataFrame(schema={c: schema[c] for c in columns})
     return EvaluationResult(metrics=metrics, per_day=table)
-
-
-def write_evaluation(result: EvaluationResult, preds: pl.DataFrame, out_dir: str | Path) -> Path:
-    """Write ``metrics.json``, ``per_day.parquet`` and ``predictions.parquet`` (``preds`` as given, all its
-    columns) to ``out_dir``; returns the folder.
-
-    Each file is written to a hidden temporary name and renamed into place, so a reader never sees a
-    half-written file. ``metrics.json`` goes last: its presence means the other two are complete.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = result.to_json() + "\n"  # serialized first: a failure here leaves nothing half-done
-    _atomic_write(out / "predictions.parquet", preds.write_parquet)
-    _atomic_write(out / "per_day.parquet", result.per_day.write_parquet)
-    _atomic_write(out / "metrics.json", lambda path: path.write_text(text))
-    return out
 
 
 # ---- input checks ---------------------------------------------------------------------------------------
@@ -320,14 +302,3 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on a hidden sibling of ``path``, then rename it over ``path`` (atomic on one disk)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

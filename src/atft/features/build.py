@@ -21,9 +21,10 @@ from typing import Any
 
 import polars as pl
 
-from atft.data.store import RawStore, StoreError, write_store
+from atft.data.store import RawStore, StoreError
 from atft.features import technical
 from atft.features.cross_section import cs_rank, normalize_per_date
+from atft.features.dataset import DatasetFolder
 from atft.features.guard import GuardReport, check_dataset
 from atft.features.labels import build_labels, label_names
 from atft.features.market import market_features, stock_vs_market
@@ -335,5 +336,5 @@ def build_dataset(
     oracle_file = Path(raw_dir) / "oracle.parquet"
     if oracle_file.is_file():
         tables["oracle"] = pl.read_parquet(oracle_file, glob=False)
-    write_store(out, tables, manifest, overwrite=overwrite)
+    DatasetFolder.write(out, tables, manifest, overwrite=overwrite)
     return manifest

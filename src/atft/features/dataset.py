@@ -1,4 +1,5 @@
-"""The dataset's namespaces: what a model may read as input, and what it may never read.
+"""The dataset folder: its one reader and writer (:class:`DatasetFolder`), and its namespaces: what a model
+may read as input, and what it may never read.
 
 Labels (``target_*``, ``label_end_*``) hold the future by construction and the synthetic oracle
 (``oracle_*``) holds the answer itself. They live in other files than the features, and
@@ -11,7 +12,10 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from atft.data.store import StoreError, read_manifest
+import numpy as np
+import polars as pl
+
+from atft.data.store import StoreError, read_manifest, write_store
 from atft.features.labels import LABEL_PREFIXES
 
 FORBIDDEN_PREFIXES = (*LABEL_PREFIXES, "oracle_")
@@ -60,3 +64,113 @@ def select_features(manifest: dict[str, Any], names: list[str] | None = None) ->
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise DatasetError(f"unknown feature {name!r} in features.parquet{hint}")
     return list(names)
+
+
+DAMAGED_HINT = "rebuild it with `atft data build --raw RAW --out DIR --overwrite`"
+
+
+class DatasetFolder:
+    """The files of a dataset folder written by ``atft data build``: their one reader and writer.
+
+    ``features.parquet``, ``labels.parquet``, ``stocks.parquet``, the synthetic market's ``oracle.parquet`` and
+    ``manifest.json`` are read only through this class, so a missing or damaged file always becomes one
+    :class:`DatasetError` line that names the file and what to do.
+    """
+
+    TABLES = ("features", "labels", "stocks", "oracle")
+
+    def __init__(self, path: str | Path) -> None:
+        self.root = Path(path)
+        self._manifest: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"DatasetFolder({str(self.root)!r})"
+
+    @staticmethod
+    def write(
+        out: str | Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any], *, overwrite: bool = False
+    ) -> DatasetFolder:
+        """Write a dataset atomically (the raw store's writer: a complete folder or the old one)."""
+        unknown = sorted(set(tables) - set(DatasetFolder.TABLES))
+        if unknown:
+            raise DatasetError(f"a dataset has no table {unknown}: its tables are {DatasetFolder.TABLES}")
+        write_store(out, tables, {**manifest, "kind": "dataset"}, overwrite=overwrite)
+        return DatasetFolder(out)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """``manifest.json``, checked (read once)."""
+        if self._manifest is None:
+            self._manifest = read_dataset_manifest(self.root)
+        return self._manifest
+
+    @property
+    def horizons(self) -> list[int]:
+        """The label horizons the dataset was built with, in days."""
+        return [int(h) for h in self.manifest["horizons"]]
+
+    def check_horizons(self, horizons: list[int]) -> None:
+        """Refuse horizons the dataset has no labels for, naming the config key."""
+        missing = [h for h in horizons if h not in self.horizons]
+        if missing:
+            raise DatasetError(
+                f"{self.root} has no labels for horizon(s) {missing} (data.horizons): "
+                f"its horizons are {self.horizons}"
+            )
+
+    def path(self, table: str) -> Path:
+        """The file of ``table`` (one of :attr:`TABLES`)."""
+        if table not in self.TABLES:
+            raise DatasetError(f"a dataset has no table {table!r}: its tables are {', '.join(self.TABLES)}")
+        return self.root / f"{table}.parquet"
+
+    def has(self, table: str) -> bool:
+        return self.path(table).is_file()
+
+    def columns(self, table: str) -> list[str]:
+        """The column names of ``table``, from its parquet footer."""
+        return self._guarded(table, lambda f: pl.scan_parquet(f, glob=False).collect_schema().names())
+
+    def read(self, table: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """``table`` as a frame (only ``columns`` when given)."""
+        return self._guarded(table, lambda f: pl.read_parquet(f, columns=columns, glob=False))
+
+    def _guarded(self, table: str, read: Any) -> Any:
+        path = self.path(table)
+        self.manifest  # noqa: B018 -- a folder that is no dataset says so before any table is opened
+        if not path.is_file():
+            raise DatasetError(f"{path} not found: the dataset is incomplete; {DAMAGED_HINT}")
+        try:
+            return read(path)
+        except (pl.exceptions.PolarsError, OSError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"{path} is damaged ({reason[:160]}); {DAMAGED_HINT}") from None
+
+    def calendar(self) -> np.ndarray:
+        """The trading days (sorted unique dates of ``features.parquet``) as datetime64[D]."""
+        dates = self.read("features", ["date"])["date"].drop_nulls().cast(pl.Date).unique().to_numpy()
+        if len(dates) == 0:
+            raise DatasetError(f"{self.path('features')} has no dates; {DAMAGED_HINT}")
+        return np.unique(dates.astype("datetime64[D]"))
+
+    def stock_table(self) -> pl.DataFrame:
+        """One row per stock, sorted by ``stock_id`` (code, stock_id, sector_id, and market_id when built)."""
+        return self.read("stocks").sort("stock_id")
+
+    def market_ids(self) -> np.ndarray | None:
+        """Each stock's market segment id (0 = unknown) in stock-id order; None for datasets built before it."""
+        stocks = self.stock_table()
+        return stocks["market_id"].to_numpy() if "market_id" in stocks.columns else None
+
+    def oracle(self) -> pl.DataFrame | None:
+        """The synthetic market's oracle (date, code, oracle_<h>d), or None for a real-market dataset."""
+        return self.read("oracle") if self.has("oracle") else None
+
+    def daily_returns(self) -> pl.DataFrame:
+        """Each stock's return from the close of ``date`` to its next close (date, code, ret): ``target_1d``."""
+        if "target_1d" not in self.columns("labels"):
+            raise DatasetError(
+                f"{self.path('labels')} has no column target_1d: the backtest needs each stock's 1-day return"
+            )
+        frame = self.read("labels", ["date", "code", "target_1d"])
+        return frame.select("date", "code", pl.col("target_1d").cast(pl.Float64).alias("ret"))

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
+
+from atft.config import ATFTConfig
+from atft.config.schema import GuardConfig
+from atft.features.dataset import DatasetFolder
 
 
 class DatasetGuardError(ValueError):
@@ -138,25 +141,20 @@ def check_dataset(
     return report
 
 
-def guard_dataset(dataset_dir: str | Path, cfg: Any = None) -> GuardReport:
+def guard_dataset(dataset_dir: str | Path | DatasetFolder, cfg: ATFTConfig | None = None) -> GuardReport:
     """Run the guard on a dataset folder written by ``atft data build``: the check before any training.
 
     Thresholds come from ``cfg.features.guard`` (the resolved config), or the schema defaults.
     """
-    from atft.config.schema import GuardConfig
-    from atft.features.dataset import read_dataset_manifest
-
     limits = cfg.features.guard if cfg is not None else GuardConfig()
-    root = Path(dataset_dir)
-    manifest = read_dataset_manifest(root)
+    folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
+    manifest = folder.manifest
     market = list(manifest["features"]["market"])
     stock = [n for n in manifest["model_features"] if n not in market]
     warmup_flag = f"is_valid_{manifest['warmup_days']}d"
     targets = dict(zip(manifest["horizons"], manifest["labels"]["target"], strict=True))
-    features = pl.read_parquet(
-        root / "features.parquet", columns=["date", "code", *stock, *market, warmup_flag], glob=False
-    )
-    labels = pl.read_parquet(root / "labels.parquet", columns=["date", "code", *targets.values()], glob=False)
+    features = folder.read("features", ["date", "code", *stock, *market, warmup_flag])
+    labels = folder.read("labels", ["date", "code", *targets.values()])
     return check_dataset(
         features,
         labels,

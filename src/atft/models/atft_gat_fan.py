@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATv2Conv
 
+from atft.models.graph import uses_graph
+
 EDGE_DIM = 3  # (corr, same_sector, same_market): see atft.models.graph
 
 
@@ -335,7 +337,7 @@ class ATFTGATFAN(nn.Module):
         self.temporal = TemporalEncoder(
             hidden, cfg.temporal.lstm_layers, cfg.temporal.attention_heads, dropout
         )
-        self.use_graph = cfg.gat.enabled and cfg.graph.mode != "none"
+        self.use_graph = uses_graph(cfg)
         self.gat = CrossSectionGAT(hidden, cfg.gat.heads, cfg.gat.layers, dropout) if self.use_graph else None
         self.fusion = GatedFusion(hidden) if self.use_graph else None
         self.shortcut = FeatureShortcut(n_features, hidden, self.use_graph) if cfg.shortcut else None

@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from atft.data.panel import DayPanel
-
 EDGE_ATTRS = ("corr", "same_sector", "same_market")
 MODES = ("correlation", "sector", "none")
 _ROW_BLOCK = 1024  # rows of the [N, N] correlation scored at a time: bounds temporaries to ~4 MB x N/1000
@@ -46,9 +44,11 @@ def graph_stats(edge_index: torch.Tensor, n: int) -> dict[str, float]:
 
 
 class DayGraphBuilder:
-    """Builds (and caches) the graph of one day's cross-section of stocks from a :class:`DayPanel`.
+    """Builds (and caches) the graph of one day's cross-section of stocks from the panel's arrays.
 
-    ``cfg`` is the ``model.graph`` config section (``GraphConfig``), read by attribute: ``mode``,
+    ``x`` (float [S, D, F]) holds every stock's features by calendar day, named by ``feature_names``; the
+    builder reads only the daily-return feature ``cfg.return_feature`` from it, as a view. ``sector_id``
+    (int [S]) is each stock's sector (0 = unknown). ``cfg`` is the ``model.graph`` config section (``GraphConfig``), read by attribute: ``mode``,
     ``window``, ``threshold``, ``top_k``, ``shrinkage``, ``ewm_halflife``, ``return_feature``.
     ``market_id`` (int [S]) is each stock's market segment; ``None`` puts every stock in one market.
     At most ``cache_days`` (day, stocks) graphs are kept, least recently used dropped first (0 = no cache).
@@ -62,13 +62,15 @@ class DayGraphBuilder:
 
     def __init__(
         self,
-        panel: DayPanel,
+        x: np.ndarray,
+        feature_names: list[str],
+        sector_id: np.ndarray,
         cfg: Any,
         *,
         market_id: np.ndarray | None = None,
         cache_days: int = 4096,
     ) -> None:
-        self.panel = panel
+        self.x = x  # [S, D, F]
         self.mode = str(cfg.mode)
         self.window = int(cfg.window)
         self.threshold = float(cfg.threshold)
@@ -81,11 +83,11 @@ class DayGraphBuilder:
             raise ValueError(f"cache_days must be >= 0, got {cache_days}")
         self.cache_days = int(cache_days)
 
-        n_stocks = panel.x.shape[0]
-        self._feature = self._feature_index(panel) if self.mode != "none" else -1
+        n_stocks = x.shape[0]
+        self._feature = self._feature_index(feature_names) if self.mode != "none" else -1
         # A stock needs this many observed returns in its window to get a correlation at all.
         self.min_obs = max(_MIN_OBS_FLOOR, self.window // 2)
-        self._sector = torch.from_numpy(np.asarray(panel.sector_id, dtype=np.int64))  # [S]
+        self._sector = torch.from_numpy(np.asarray(sector_id, dtype=np.int64))  # [S]
         if market_id is None:
             self._market = None
         else:
@@ -126,9 +128,9 @@ class DayGraphBuilder:
         if problems:
             raise ValueError("bad model.graph settings: " + "; ".join(problems))
 
-    def _feature_index(self, panel: DayPanel) -> int:
+    def _feature_index(self, feature_names: list[str]) -> int:
         """Position of the return feature in the panel, or a ValueError that names the nearest names."""
-        names = list(panel.feature_names)
+        names = list(feature_names)
         if self.return_feature in names:
             return names.index(self.return_feature)
         close = difflib.get_close_matches(self.return_feature, names, n=5, cutoff=0.5)
@@ -140,7 +142,7 @@ class DayGraphBuilder:
 
     def _check_input(self, day: Any, stocks: Any) -> tuple[int, np.ndarray]:
         """The day as an int and the stocks as int64 [N], or a ValueError saying what is wrong."""
-        n_stocks, n_days, _ = self.panel.x.shape
+        n_stocks, n_days, _ = self.x.shape
         if isinstance(day, bool) or not isinstance(day, int | np.integer):
             raise ValueError(f"day must be an integer calendar index, got {type(day).__name__} {day!r}")
         if not 0 <= day < n_days:
@@ -215,7 +217,7 @@ class DayGraphBuilder:
         The dot product of two rows is their EW correlation; rows of unusable stocks are zero.
         """
         start = max(0, day - self.window + 1)  # only days start..day: nothing after `day` is read
-        returns = self.panel.x[idx, start : day + 1, self._feature].astype(np.float64)  # [N, w]
+        returns = self.x[idx, start : day + 1, self._feature].astype(np.float64)  # [N, w]
         weights = self._weights[self.window - returns.shape[1] :]  # [w], the most recent day weighs 1
         seen = np.isfinite(returns)  # [N, w]
         returns = np.where(seen, returns, 0.0)
@@ -326,3 +328,11 @@ class DayGraphBuilder:
         if not sources:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         return torch.cat(sources), torch.cat(targets)
+
+
+def uses_graph(model_cfg: Any) -> bool:
+    """Whether a model config attends over a day graph: the GAT is on and the graph mode is not ``none``.
+
+    The one place that decides it, for the data loader, the model and the run doctor alike.
+    """
+    return bool(model_cfg.gat.enabled) and str(model_cfg.graph.mode) != "none"

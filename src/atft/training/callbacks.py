@@ -1,4 +1,4 @@
-"""Guards and diagnostics that run beside training, and the writer of the run folder.
+"""Guards and diagnostics that run beside training, writing what they see into the run folder.
 
 The previous system's runs plateaued for 50 epochs with predictions collapsed to zero scale and nobody
 noticed. Each callback here watches one failure: gradients (``GradientMonitor``), collapse
@@ -8,14 +8,11 @@ noticed. Each callback here watches one failure: gradients (``GradientMonitor``)
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import random
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,63 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from atft.training.module import ForecastModule, NonFiniteLossError
-
-
-class RunFolder:
-    """The files of ``runs/<name>/``. Only the process of global rank 0 writes."""
-
-    def __init__(self, root: str | Path, rank: int = 0) -> None:
-        self.root = Path(root)
-        self.rank = rank
-        self.metrics = self.root / "metrics.csv"
-        self.events_file = self.root / "events.jsonl"
-        self.log_file = self.root / "train.log"
-        self.checkpoints = self.root / "checkpoints"
-        self.predictions = self.root / "predictions"
-
-    def event(self, kind: str, **fields: Any) -> None:
-        """Append one JSON line ``{"event": kind, "time": ..., **fields}`` to events.jsonl."""
-        if self.rank != 0:
-            return
-        record = {"event": kind, "time": round(time.time(), 3), **fields}
-        with self.events_file.open("a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-
-    def log(self, line: str) -> None:
-        """Append a line to train.log (and nowhere else: the console has its own progress display)."""
-        if self.rank != 0:
-            return
-        with self.log_file.open("a") as f:
-            f.write(line.rstrip("\n") + "\n")
-
-    def write_metrics_row(self, row: dict[str, Any]) -> None:
-        """Add an epoch's row to metrics.csv, keeping every column under its own header.
-
-        The file is rewritten with the union of the columns (one row per epoch, so it stays small): a value
-        missing from an epoch is left empty, never shifted under another column's name.
-        """
-        if self.rank != 0:
-            return
-        rows: list[dict[str, Any]] = []
-        if self.metrics.exists():
-            with self.metrics.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-        rows.append(row)
-        columns = list(dict.fromkeys(key for r in rows for key in r))
-        tmp = self.metrics.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.metrics)  # a kill mid-write leaves the previous file whole
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return str(value)
+from atft.training.run_folder import RunFolder
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from atft.data.panel import DayPanel, empty_float32
 from atft.data.splits import Split
+from atft.features.panel import DayPanel, empty_float32
 
 DateLike = str | dt.date | np.datetime64
 DateRange = tuple[DateLike | None, DateLike | None]

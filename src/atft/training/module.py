@@ -248,3 +248,15 @@ def predictions_frame(
         .unique(["horizon", "date", "code"], keep="first", maintain_order=True)
         .sort("horizon", "date", "code")
     )
+
+
+@torch.no_grad()
+def predict_frame(module: ForecastModule, loader: Any, panel: Any) -> pl.DataFrame:
+    """The model's forecasts over a loader, as the long predictions frame of ``predictions_frame``."""
+    module.eval()
+    device = next(module.parameters()).device
+    parts = []
+    for batch in loader:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        parts.append(prediction_arrays(module(moved), moved))
+    return predictions_frame(parts, panel, module.horizons, module.quantiles)

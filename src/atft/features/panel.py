@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from atft.features.dataset import read_dataset_manifest, select_features
+from atft.features.dataset import DatasetFolder, select_features
 
 _HORIZON = re.compile(r"^target_(\d+)d")
 _BLOCK_VALUES = 1 << 26  # values (x 4 bytes = 256 MiB) read from parquet per column block
@@ -42,9 +42,10 @@ def _check_names(requested: Sequence[str], available: Sequence[str], file: Path,
         raise ValueError(f"unknown {what} in {file}: {detail}")
 
 
-def _row_index(path: Path, codes: list[str], dates: np.ndarray) -> np.ndarray:
-    """Flat panel index ``stock * n_days + day`` of every row of ``path`` (int64 [rows])."""
-    keys = pl.read_parquet(path, columns=["code", "date"], glob=False)
+def _row_index(folder: DatasetFolder, table: str, codes: list[str], dates: np.ndarray) -> np.ndarray:
+    """Flat panel index ``stock * n_days + day`` of every row of ``table`` (int64 [rows])."""
+    path = folder.path(table)
+    keys = folder.read(table, ["code", "date"])
     stock = keys["code"].cast(pl.Enum(codes)).to_physical().cast(pl.Int64).to_numpy()
     row_dates = keys["date"].to_numpy()
     day = np.searchsorted(dates, row_dates)
@@ -152,7 +153,7 @@ class DayPanel:
     @classmethod
     def load(
         cls,
-        dataset_dir: str | Path,
+        dataset_dir: str | Path | DatasetFolder,
         *,
         features: list[str] | None = None,
         labels: list[str] | None = None,
@@ -164,41 +165,28 @@ class DayPanel:
         label or oracle name. Peak memory is the panel plus one column block (at most 256 MiB of values,
         held twice: by polars and by numpy); nothing is ever copied to float64.
         """
-        root = Path(dataset_dir)
-        manifest = read_dataset_manifest(root)
+        folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
+        manifest = folder.manifest
         features = select_features(manifest, features)  # the one gate: refuses labels and oracle columns
         labels = list(labels if labels is not None else manifest["labels"]["target"])
-        features_file, labels_file = root / "features.parquet", root / "labels.parquet"
-        _check_names(
-            features,
-            pl.scan_parquet(features_file, glob=False).collect_schema().names(),
-            features_file,
-            "features",
-        )
+        _check_names(features, folder.columns("features"), folder.path("features"), "features")
         label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
-        _check_names(
-            labels + label_ends,
-            pl.scan_parquet(labels_file, glob=False).collect_schema().names(),
-            labels_file,
-            "labels",
-        )
+        _check_names(labels + label_ends, folder.columns("labels"), folder.path("labels"), "labels")
 
-        stocks = pl.read_parquet(
-            root / "stocks.parquet", columns=["code", "stock_id", "sector_id"], glob=False
-        ).sort("stock_id")
+        stocks = folder.stock_table().select("code", "stock_id", "sector_id")
         codes = stocks["code"].to_list()
-        dates = np.unique(pl.read_parquet(features_file, columns=["date"], glob=False)["date"].to_numpy())
+        dates = np.unique(folder.read("features", ["date"])["date"].to_numpy())
         n_stocks, n_days = len(codes), len(dates)
 
         x = np.full((n_stocks, n_days, len(features)), np.nan, dtype=np.float32)
-        flat = _row_index(features_file, codes, dates)
-        _scatter(x, flat, features_file, features)
+        flat = _row_index(folder, "features", codes, dates)
+        _scatter(x, flat, folder, "features", features)
         y = np.full((n_stocks, n_days, len(labels)), np.nan, dtype=np.float32)
-        flat = _row_index(labels_file, codes, dates)
-        _scatter(y, flat, labels_file, labels)
+        flat = _row_index(folder, "labels", codes, dates)
+        _scatter(y, flat, folder, "labels", labels)
 
         label_end = np.full((n_stocks, n_days, len(labels)), -1, dtype=np.int32)
-        ends = pl.read_parquet(labels_file, columns=sorted(set(label_ends)), glob=False)
+        ends = folder.read("labels", sorted(set(label_ends)))
         for j, name in enumerate(label_ends):  # one pass per label column, not per row
             end_dates = ends[name].to_numpy()
             known = ~np.isnat(end_dates)
@@ -273,16 +261,13 @@ def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(np.empty(shape, dtype=np.float32))
 
 
-def _scatter(out: np.ndarray, flat: np.ndarray, path: Path, columns: list[str]) -> None:
-    """Fill ``out`` [S, D, C] at flat (stock, day) positions with ``columns`` of ``path``, a block at a time."""
+def _scatter(
+    out: np.ndarray, flat: np.ndarray, folder: DatasetFolder, table: str, columns: list[str]
+) -> None:
+    """Fill ``out`` [S, D, C] at flat (stock, day) positions with ``columns`` of ``table``, a block at a time."""
     grid = out.reshape(-1, out.shape[2])  # a view: out is C-contiguous
     block = max(1, _BLOCK_VALUES // max(1, len(flat)))
     for start in range(0, len(columns), block):  # column blocks, each one vectorized scatter
         names = columns[start : start + block]
-        values = (
-            pl.read_parquet(path, columns=names, glob=False)
-            .cast(pl.Float32)
-            .fill_null(float("nan"))
-            .to_numpy()
-        )
+        values = folder.read(table, names).cast(pl.Float32).fill_null(float("nan")).to_numpy()
         grid[flat, start : start + len(names)] = values  # values: [rows, len(names)] float32

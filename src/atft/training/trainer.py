@@ -1,0 +1,134 @@
+"""The Lightning ``Trainer`` of a run: this machine's hardware, the guards, checkpoints and early stopping.
+
+``resolve_hardware`` maps the config's wishes onto what this machine has (bf16 on a CPU falls back to
+32-bit, with a message); ``build_trainer`` assembles the callbacks of ``atft.training.callbacks`` around the
+run folder. DDP worker processes re-run the user's command: ``is_launcher`` tells them apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, RichProgressBar
+
+from atft.config import ATFTConfig
+from atft.config.schema import TrainerConfig, parse_monitor
+from atft.training import callbacks as cb
+from atft.training.run_folder import RunFolder
+
+RUN_DIR_ENV = "ATFT_RUN_DIR"  # set by the launcher for the DDP processes it starts
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What Lightning is given, after falling back from what this machine lacks."""
+
+    accelerator: str
+    precision: str
+    devices: int
+    strategy: str
+    num_nodes: int
+    notes: tuple[str, ...]
+
+
+def resolve_hardware(trainer_cfg: TrainerConfig, cuda: bool | None = None) -> Hardware:
+    """Map the config's hardware wishes onto this machine, with a message for every fallback.
+
+    bf16 and 16-bit mixed precision need CUDA here: on a CPU-only machine they fall back to 32-bit, and a
+    GPU accelerator falls back to the CPU.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    notes = []
+    accelerator, precision = trainer_cfg.accelerator, str(trainer_cfg.precision)
+    if accelerator == "gpu" and not cuda:
+        notes.append("train.trainer.accelerator=gpu but no CUDA device is available: training on the CPU")
+        accelerator = "cpu"
+    on_gpu = cuda and accelerator in ("gpu", "auto")
+    if precision != "32" and not on_gpu:
+        notes.append(
+            f"train.trainer.precision={precision} needs a CUDA GPU, and none is used: training in 32-bit"
+        )
+        precision = "32"
+    if precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
+        notes.append("this GPU has no bf16 support: training in 16-mixed")
+        precision = "16-mixed"
+    strategy = trainer_cfg.strategy
+    if trainer_cfg.devices > 1 and strategy == "auto":
+        strategy = "ddp"
+    return Hardware(
+        accelerator, precision, trainer_cfg.devices, strategy, trainer_cfg.num_nodes, tuple(notes)
+    )
+
+
+def is_launcher() -> bool:
+    """True in the process the user started; False in the processes Lightning's DDP launcher starts for it.
+
+    The launcher re-runs the same command in each extra process with LOCAL_RANK (and NODE_RANK) set.
+    """
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+@dataclass
+class RunTrainer:
+    """The trainer of one run, with the two callbacks whose state the summary reads."""
+
+    trainer: L.Trainer
+    checkpoint: ModelCheckpoint
+    guard: cb.DegeneracyGuard
+
+
+def build_trainer(
+    cfg: ATFTConfig, folder: RunFolder, hardware: Hardware, horizons: list[int], *, progress_bar: bool = True
+) -> RunTrainer:
+    """A Lightning trainer with the run's guards, logger, best/last checkpoints and early stopping."""
+    early = cfg.train.early_stopping
+    checkpoint = ModelCheckpoint(
+        dirpath=folder.checkpoints,
+        filename="best",
+        monitor=early.monitor,
+        mode=early.mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    guard = cb.DegeneracyGuard(folder, cfg.train.diagnostics.degeneracy_floor, seed=cfg.train.seed)
+    callbacks: list[Any] = [
+        cb.EpochSeed(cfg.train.seed),
+        cb.NonFiniteGuard(folder),
+        cb.GradientMonitor(folder, cfg.train.diagnostics.grad_monitor_every),
+        guard,
+        cb.RunLogger(folder, parse_monitor(early.monitor)[1] or horizons[0]),
+        checkpoint,
+        EarlyStopping(monitor=early.monitor, mode=early.mode, patience=early.patience, check_finite=False),
+    ]
+    if cfg.train.ema_decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
+    if cfg.train.diagnostics.head_diagnostics:
+        callbacks.insert(4, cb.HeadDiagnostics(folder))
+    if os.environ.get(cb.CRASH_ENV):
+        callbacks.append(cb.CrashAfterEpoch(int(os.environ[cb.CRASH_ENV])))
+    if progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=cfg.train.max_epochs,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        strategy=hardware.strategy,
+        num_nodes=hardware.num_nodes,
+        precision=hardware.precision,
+        gradient_clip_val=cfg.train.optimizer.grad_clip or None,
+        callbacks=callbacks,
+        logger=False,
+        default_root_dir=folder.root,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+    return RunTrainer(trainer, checkpoint, guard)

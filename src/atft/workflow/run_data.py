@@ -1,0 +1,69 @@
+"""The data of a run: the guarded dataset, its panel, the fold it trains on, the day graph and the loaders.
+
+The one place where a run's data is assembled, so that evaluating a run later serves exactly the days and
+graphs that training saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from atft.config import ATFTConfig
+from atft.data.splits import Split, splits_from_config
+from atft.features.dataset import DatasetFolder
+from atft.features.guard import guard_dataset
+from atft.features.panel import DayPanel
+from atft.models.graph import DayGraphBuilder, uses_graph
+from atft.training.datamodule import DayDataModule
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunData:
+    """What a run trains and forecasts on."""
+
+    dataset: DatasetFolder
+    panel: DayPanel
+    split: Split
+    data: DayDataModule
+
+
+def day_graph(
+    panel: DayPanel, cfg: ATFTConfig, dataset: DatasetFolder, **kwargs: object
+) -> DayGraphBuilder | None:
+    """The day graph the model attends over, or None when the config switches the graph off."""
+    if not uses_graph(cfg.model):
+        return None
+    return DayGraphBuilder(
+        panel.x,
+        panel.feature_names,
+        panel.sector_id,
+        cfg.model.graph,
+        market_id=dataset.market_ids(),
+        **kwargs,
+    )
+
+
+def load_run_data(cfg: ATFTConfig, dataset: DatasetFolder, *, say: Say = print) -> RunData:
+    """Guard the dataset, load its panel and serve the last walk-forward fold's segments (with the day graph)."""
+    say("checking the dataset (guard)")
+    guard_dataset(dataset, cfg).raise_if_failed()
+    dataset.check_horizons(list(cfg.data.horizons))
+
+    say("loading the panel")
+    panel = DayPanel.load(dataset, labels=[f"target_{h}d" for h in cfg.data.horizons])
+    split = splits_from_config(dataset.calendar(), cfg)[-1]
+    data = DayDataModule.from_split(
+        panel,
+        split,
+        lookback=cfg.data.lookback,
+        days_per_batch=cfg.train.batch.days_per_batch,
+        min_stocks=cfg.data.min_stocks_per_day,
+        seed=cfg.train.seed,
+        num_workers=cfg.train.num_workers,
+        graph=day_graph(panel, cfg, dataset),
+    )
+    data.setup()
+    return RunData(dataset, panel, split, data)
