@@ -18,9 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from atft.config import load_config
 from atft.reporting.doctor import diagnose, diagnose_run
+from atft.reporting.facts import SEVERITIES
 from atft.reporting.report import SECTION_TITLES
-from atft.reporting.rules import DEFAULT_THRESHOLDS, RULES
+from atft.reporting.rules import DEFAULT_THRESHOLDS, RULES, healthy_recommendation
+
+DEFAULTS = load_config(None, env={}).cfg
 
 HORIZONS = (1, 5, 10, 20)
 MODULES = {"fan": 0.05, "vsn": 0.1, "temporal": 0.05, "gat": 0.02, "fusion": 0.01, "heads": 0.5}
@@ -295,7 +299,7 @@ BROKEN = {
 
 
 def test_every_rule_has_a_broken_run():
-    assert {r.__name__ for r in RULES} == set(BROKEN)
+    assert {r.name for r in RULES} == set(BROKEN)
 
 
 def test_healthy_run_is_healthy(tmp_path):
@@ -448,3 +452,64 @@ def test_report_has_all_sections_plots_and_selfcontained_html(tmp_path):
     assert "<link" not in page and "<script" not in page and "http" not in page
     for title in SECTION_TITLES:
         assert title in page
+
+
+def test_a_folder_without_run_files_is_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"is not a run folder: it has no metrics.csv, summary.json or config"
+    ):
+        diagnose(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        diagnose(tmp_path / "missing")
+
+
+def test_a_missing_or_invalid_config_falls_back_to_the_schema_defaults(tmp_path):
+    run = make_run(tmp_path / "missing")
+    (run / "config.yaml").unlink()
+    d = diagnose(run)
+    assert d.status == "healthy" and not d.facts.config_loaded
+    assert any("config.yaml is missing" in n for n in d.facts.notes)
+    assert any("schema defaults" in n for n in d.facts.notes)
+    assert d.facts.horizons == list(HORIZONS)  # from metrics.csv's columns, noted
+    assert "--config" not in healthy_recommendation(d.facts)[1]
+
+    run = make_run(tmp_path / "invalid")
+    (run / "config.yaml").write_text("model:\n  dropout: 2.0\n")
+    d = diagnose(run)
+    assert not d.facts.config_loaded
+    assert any("not a valid run config" in n for n in d.facts.notes)
+    assert d.facts.config.model.dropout == DEFAULTS.model.dropout
+
+
+def test_the_config_is_read_through_the_schema(tmp_path):
+    def sparse(parts):
+        parts["config"] = {"data": {"horizons": list(HORIZONS)}}  # every other key at its schema default
+
+    d = diagnose(make_run(tmp_path, sparse))
+    assert d.facts.config_loaded and d.facts.config.train.seed == DEFAULTS.train.seed
+    assert d.facts.monitor == DEFAULTS.train.early_stopping.monitor
+    assert d.thresholds["target_rankic"] == DEFAULTS.eval.grading.target_rankic
+
+
+def test_a_switched_off_graph_is_not_judged(tmp_path):
+    def no_gat(parts):
+        gate_closed(parts)
+        parts["config"]["model"]["gat"]["enabled"] = False
+
+    d = diagnose(make_run(tmp_path, no_gat))
+    graph = next(f for f in d.findings if f.name == "graph_adds_nothing")
+    assert not d.facts.graph_enabled and not graph.fired and "switched off" in graph.evidence
+
+
+def test_a_damaged_summary_is_a_note(tmp_path):
+    run = make_run(tmp_path)
+    (run / "summary.json").write_text("{not json")
+    d = diagnose(run)
+    assert any("summary.json is damaged" in n for n in d.facts.notes)
+    assert any("summary.json is missing" in n for n in d.facts.notes)
+    assert d.facts.valid_source.startswith("metrics.csv")
+
+
+def test_rules_are_one_table():
+    assert len({r.name for r in RULES}) == len(RULES)
+    assert all(r.severity in SEVERITIES and callable(r.check) and callable(r.advise) for r in RULES)

@@ -207,7 +207,8 @@ def test_cli_build_info_and_splits(built, tmp_path):
 
 @pytest.mark.real_data
 def test_real_jp_end_to_end(real_dataset):
-    from atft.data.splits import splits_from_config, trading_calendar
+    from atft.data.splits import splits_from_config
+    from atft.features.dataset import DatasetFolder
     from atft.training.datamodule import DayDataModule
 
     manifest = read_dataset_manifest(real_dataset)
@@ -218,7 +219,7 @@ def test_real_jp_end_to_end(real_dataset):
     assert reasons["no_index_date"] > 0 and reasons["market_warmup"] > 0 and reasons["warmup"] > 0
     assert reasons["no_sector"] > 0  # 9 codes listed after the sector table's date
     cfg = load_config(overrides=["data.lookback=60"]).cfg
-    calendar = trading_calendar(real_dataset)
+    calendar = DatasetFolder(real_dataset).calendar()
     (split,) = splits_from_config(calendar, cfg)
     dm = DayDataModule.from_split(real_dataset, split, lookback=60, days_per_batch=2, min_stocks=20)
     dm.setup()

@@ -19,9 +19,9 @@ from atft.data.splits import (
     SplitError,
     explicit_split,
     splits_from_config,
-    trading_calendar,
     walk_forward_splits,
 )
+from atft.data.store import StoreError, raw_calendar
 
 HOLIDAYS = ["2024-01-01", "2024-01-08", "2024-02-12", "2024-03-20", "2024-04-29", "2024-05-03", "2024-05-06"]
 
@@ -359,21 +359,18 @@ def test_splits_from_config_refuses_explicit_without_dates():
     assert "data.split.train and data.split.valid or data.split.test" in str(e.value)
 
 
-def test_trading_calendar_reads_dataset_or_raw_store(tmp_path):
+def test_raw_calendar_reads_the_dates_of_a_raw_store(tmp_path):
     dates = [dt.date(2024, 1, 5), dt.date(2024, 1, 2), dt.date(2024, 1, 5), dt.date(2024, 1, 3)]
     pl.DataFrame({"date": dates, "code": ["a", "a", "b", "b"]}).write_parquet(tmp_path / "prices.parquet")
-    cal = trading_calendar(tmp_path)
+    cal = raw_calendar(tmp_path)
     assert cal.dtype == np.dtype("datetime64[D]")
     assert cal.tolist() == [dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 5)]
-    # A dataset folder's features.parquet wins over prices.parquet.
-    pl.DataFrame({"date": [dt.date(2024, 2, 1)], "x": [1.0]}).write_parquet(tmp_path / "features.parquet")
-    assert trading_calendar(tmp_path).tolist() == [dt.date(2024, 2, 1)]
-    with pytest.raises(SplitError, match="nowhere: neither a dataset folder"):
-        trading_calendar(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="nowhere: neither a dataset folder"):
+        raw_calendar(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
     pl.DataFrame({"day": [1]}).write_parquet(tmp_path / "bad" / "prices.parquet")
-    with pytest.raises(SplitError, match="cannot read its date column"):
-        trading_calendar(tmp_path / "bad")
+    with pytest.raises(StoreError, match="cannot read its date column"):
+        raw_calendar(tmp_path / "bad")
 
 
 # --------------------------------------------------------------------------------------------------

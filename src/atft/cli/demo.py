@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -10,7 +11,9 @@ from rich.table import Table
 
 from atft.cli.evaluate import evaluation_table
 from atft.cli.ui import console, print_manifest, say, stages, user_errors
-from atft.workflow.demo import DemoData, DemoRun, prepare_demo, train_demo
+
+if TYPE_CHECKING:
+    from atft.workflow.demo import DemoData, DemoRun
 
 
 def demo(
@@ -24,6 +27,8 @@ def demo(
 ) -> None:
     """The whole path on a synthetic market: synthesize, build, split, train ATFT-GAT-FAN, evaluate the test
     period against the oracle, backtest the 5-day forecasts and diagnose the run (report.md)."""
+    from atft.workflow.demo import prepare_demo, train_demo  # torch loads only when needed
+
     with user_errors(), stages("demo") as progress:
         data = prepare_demo(out, stocks=stocks, days=days, seed=seed, say=progress)
     _print_data(data)

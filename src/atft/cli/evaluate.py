@@ -9,9 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from atft.cli.ui import console, say, user_errors
-from atft.reporting.doctor import diagnose_run
 from atft.reporting.numbers import fmt
-from atft.workflow.evaluate import backtest_run, evaluate_run
 
 RUN_DIR = typer.Argument(..., help="A run folder written by `atft train`.", show_default=False)
 
@@ -21,6 +19,8 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="Segment to forecast and score: train, valid or test."),
 ) -> None:
     """Forecast a segment with the run's best checkpoint; write eval/metrics.json, per_day and predictions."""
+    from atft.workflow.evaluate import evaluate_run  # torch loads only when needed
+
     with user_errors():
         result, out = evaluate_run(run_dir, split=split, say=say)
     console.print(evaluation_table(result.metrics, title=f"{split} segment: {escape(str(run_dir))}"))
@@ -74,6 +74,8 @@ def backtest(
     split: str = typer.Option("test", "--split", help="Whose forecasts: valid or test."),
 ) -> None:
     """Backtest a portfolio on the run's forecasts; write backtest/<strategy>_<h>d/ (daily returns, summary)."""
+    from atft.workflow.evaluate import backtest_run
+
     with user_errors():
         result, out = backtest_run(
             run_dir,
@@ -122,6 +124,8 @@ def diagnose(
     html: bool = typer.Option(False, "--html", help="Also write a self-contained report.html."),
 ) -> None:
     """Diagnose a run from its own files; write report.md with plots (and report.html)."""
+    from atft.reporting.doctor import diagnose_run
+
     with user_errors():
         diagnosis = diagnose_run(run_dir, html=html)
     main = diagnosis.main

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from atft.cli.ui import PRESET, console, user_errors
 from atft.config import load_config
-from atft.data.splits import splits_from_config, trading_calendar
+from atft.data.splits import splits_from_config
+from atft.data.store import raw_calendar
 from atft.features.dataset import DatasetFolder
 
 
@@ -40,7 +41,7 @@ def splits(
             # A dataset's labels fix the horizons the purge must cover, whatever the config says.
             overrides.append(f"data.horizons=[{','.join(map(str, dataset.horizons))}]")
         cfg = load_config(preset, overrides).cfg
-        calendar = dataset.calendar() if dataset is not None else trading_calendar(path)
+        calendar = dataset.calendar() if dataset is not None else raw_calendar(path)
         folds = splits_from_config(calendar, cfg)
 
     s = cfg.data.split

@@ -9,7 +9,6 @@ from rich.markup import escape
 
 from atft.cli.ui import PRESET, console, say, user_errors
 from atft.config import DEFAULT_PRESET, load_config
-from atft.workflow.train import new_run_dir, resume_config, train_run
 
 
 def train(
@@ -36,6 +35,8 @@ def train(
     ),
 ) -> None:
     """Train a model; writes config, metrics.csv, events.jsonl, train.log, checkpoints and predictions."""
+    from atft.workflow.train import new_run_dir, resume_config, train_run  # torch loads only when needed
+
     with user_errors():
         if resume is not None:
             if overrides or run_name or preset != DEFAULT_PRESET:

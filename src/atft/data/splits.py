@@ -19,38 +19,17 @@ import datetime as dt
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import polars as pl
+
+from atft.config import ATFTConfig, ResolvedConfig
 
 SEGMENT_NAMES = ("train", "valid", "test")
 
 
 class SplitError(ValueError):
     """A split that cannot be made or would leak; the one-line message names the keys and dates involved."""
-
-
-def trading_calendar(path: str | Path) -> np.ndarray:
-    """The trading days of a dataset folder (``features.parquet``) or a raw store (``prices.parquet``).
-
-    Returns the sorted unique dates as ``datetime64[D]``; only the ``date`` column is read.
-    """
-    path = Path(path)
-    for file in (path / "features.parquet", path / "prices.parquet"):
-        if file.is_file():
-            try:
-                dates = (
-                    pl.scan_parquet(file, glob=False).select(pl.col("date").cast(pl.Date)).unique().collect()
-                )
-            except pl.exceptions.PolarsError as e:
-                raise SplitError(f"{file}: cannot read its date column ({str(e).splitlines()[0]})") from None
-            calendar = np.unique(dates.get_column("date").drop_nulls().to_numpy().astype("datetime64[D]"))
-            if len(calendar) == 0:
-                raise SplitError(f"{file}: has no dates")
-            return calendar
-    raise SplitError(f"{path}: neither a dataset folder (features.parquet) nor a raw store (prices.parquet)")
 
 
 def _date(calendar: np.ndarray, i: int) -> dt.date:
@@ -288,7 +267,7 @@ def explicit_split(
     return Split(0, by_name["train"], by_name.get("valid"), by_name.get("test"), cal)
 
 
-def splits_from_config(calendar: Any, cfg: Any) -> list[Split]:
+def splits_from_config(calendar: Any, cfg: ATFTConfig | ResolvedConfig) -> list[Split]:
     """The splits that ``cfg`` (the resolved OmegaConf config, or a ResolvedConfig) asks for."""
     cfg = getattr(cfg, "cfg", cfg)
     s, horizons = cfg.data.split, list(cfg.data.horizons)

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 FORMAT_VERSION = 1
@@ -552,3 +553,24 @@ class RawStore:
             listed_info=table("listed_info", True),
             oracle=table("oracle", False) if oracle else None,
         )
+
+
+def raw_calendar(path: str | Path) -> np.ndarray:
+    """The trading days of a raw store: the sorted unique dates of ``prices.parquet`` as ``datetime64[D]``.
+
+    Only the ``date`` column is read. (A dataset's calendar is ``DatasetFolder.calendar``.)
+    """
+    path = Path(path)
+    file = path / "prices.parquet"
+    if not file.is_file():
+        raise StoreError(
+            f"{path}: neither a dataset folder (features.parquet) nor a raw store (prices.parquet)"
+        )
+    try:
+        dates = pl.scan_parquet(file, glob=False).select(pl.col("date").cast(pl.Date)).unique().collect()
+    except pl.exceptions.PolarsError as e:
+        raise StoreError(f"{file}: cannot read its date column ({_first_line(e)})") from None
+    calendar = np.unique(dates.get_column("date").drop_nulls().to_numpy().astype("datetime64[D]"))
+    if len(calendar) == 0:
+        raise StoreError(f"{file}: has no dates")
+    return calendar

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from atft.config import ATFTConfig
 from atft.data.store import RawStore, StoreError
 from atft.features import technical
 from atft.features.cross_section import cs_rank, normalize_per_date
@@ -229,7 +230,7 @@ def exclusion_reasons(
 def build_dataset(
     raw_dir: str | Path,
     out: str | Path,
-    cfg: Any,
+    cfg: ATFTConfig,
     *,
     overwrite: bool = False,
     progress: Progress | None = None,

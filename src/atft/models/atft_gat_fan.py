@@ -22,13 +22,13 @@ the embedding of a whole time step is two matrix products (see ``VariableSelecti
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATv2Conv
 
+from atft.config.schema import HeadConfig, ModelConfig
 from atft.models.graph import uses_graph
 
 EDGE_DIM = 3  # (corr, same_sector, same_market): see atft.models.graph
@@ -272,7 +272,7 @@ class HorizonHead(nn.Module):
     q_1 <= q_2 <= ... by construction.
     """
 
-    def __init__(self, hidden: int, n_quantiles: int, cfg: Any, dropout: float) -> None:
+    def __init__(self, hidden: int, n_quantiles: int, cfg: HeadConfig, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden) if cfg.use_layernorm else nn.Identity()
         self.mlp = None
@@ -319,7 +319,7 @@ class ATFTGATFAN(nn.Module):
         n_features: int,
         horizons: list[int],
         quantiles: list[float],
-        cfg: Any,
+        cfg: ModelConfig,
         target_scale: list[float] | None = None,
     ) -> None:
         super().__init__()

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from atft.config.schema import GraphConfig, ModelConfig
+
 EDGE_ATTRS = ("corr", "same_sector", "same_market")
 MODES = ("correlation", "sector", "none")
 _ROW_BLOCK = 1024  # rows of the [N, N] correlation scored at a time: bounds temporaries to ~4 MB x N/1000
@@ -65,7 +67,7 @@ class DayGraphBuilder:
         x: np.ndarray,
         feature_names: list[str],
         sector_id: np.ndarray,
-        cfg: Any,
+        cfg: GraphConfig,
         *,
         market_id: np.ndarray | None = None,
         cache_days: int = 4096,
@@ -330,7 +332,7 @@ class DayGraphBuilder:
         return torch.cat(sources), torch.cat(targets)
 
 
-def uses_graph(model_cfg: Any) -> bool:
+def uses_graph(model_cfg: ModelConfig) -> bool:
     """Whether a model config attends over a day graph: the GAT is on and the graph mode is not ``none``.
 
     The one place that decides it, for the data loader, the model and the run doctor alike.

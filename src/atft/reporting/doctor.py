@@ -1,11 +1,13 @@
 """The run doctor: read a run folder, measure what happened in it, name the main problem, grade the result.
 
-``diagnose_run(run_dir)`` is the entry point. It reads everything the training engine writes
-(``config.yaml``, ``run.json``, ``metrics.csv``, ``events.jsonl``, ``train.log``, ``summary.json``) plus
-``eval/metrics.json`` when ``atft evaluate`` has run, and the dataset's ``manifest.json`` for the guard's
-verdict on the features. From these it computes ``Facts`` (plateau, overfitting, learning-rate shape, loss
-composition, gradient flow, ...), runs the root-cause rules of ``atft.reporting.rules`` on them, grades
-the headline number, and writes ``report.md`` (and ``report.html``) with the plots of
+``diagnose_run(run_dir)`` is the entry point. It reads the run folder only through its owner,
+``atft.training.run_folder.RunFolder``: the config (through the schema, so every default is the schema's),
+the dataset path, the per-epoch metrics, the events, the log and the summary that the training engine
+writes, plus the evaluation when ``atft evaluate`` has run; and the dataset's manifest through
+``atft.features.dataset.DatasetFolder`` for the guard's verdict on the features. From these it computes
+``Facts`` (plateau, overfitting, learning-rate shape, loss composition, gradient flow, ...; the data
+classes live in ``atft.reporting.facts``), runs the rules table of ``atft.reporting.rules`` on them,
+grades the headline number, and writes ``report.md`` (and ``report.html``) with the plots of
 ``atft.reporting.plots`` under ``report/``.
 
 Every number comes from the run's own files: a file that is missing (an old run, a crashed one) leaves its
@@ -14,206 +16,65 @@ sections saying so instead of failing. Thresholds live in ``rules.DEFAULT_THRESH
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
-import yaml
 
+from atft.config import ATFTConfig, load_config
+from atft.config.schema import GradingConfig, LossWeights, ModelConfig
+from atft.data.store import MANIFEST
+from atft.features.dataset import DatasetError, DatasetFolder
+from atft.models.graph import uses_graph
+from atft.reporting import plots, report
 from atft.reporting import rules as rules_mod
+from atft.reporting.facts import (
+    GRADE_LEVELS,
+    CurveFacts,
+    DatasetFacts,
+    Diagnosis,
+    Facts,
+    Finding,
+    Grade,
+    GradFacts,
+    LrFacts,
+    TermFacts,
+)
 from atft.reporting.numbers import finite
-from atft.reporting.rules import Finding
+from atft.training.run_folder import RunFolder, RunFolderError
+
+__all__ = [
+    "CurveFacts",
+    "DatasetFacts",
+    "Diagnosis",
+    "Facts",
+    "Finding",
+    "GRADE_LEVELS",
+    "Grade",
+    "GradFacts",
+    "LrFacts",
+    "TermFacts",
+    "collect_facts",
+    "diagnose",
+    "diagnose_run",
+    "flatten_horizon_metrics",
+    "grade_run",
+    "open_run_folder",
+    "read_run_config",
+    "resolve_thresholds",
+]
 
 # Ranking terms of the loss: the ones that make the model a stock ranker rather than a regressor.
 FINANCIAL_TERMS = ("rankic", "cs_ic", "sharpe", "listnet", "ranknet")
 # A change smaller than this share of the value is noise, not a rise (float round-off, a flat curve).
 NOISE_REL = 1e-4
-GRADE_LEVELS = ("below minimum", "minimum", "target", "stretch")
 
-
-# ------------------------------------------------------------------------------------------------------
-# what the doctor read and measured
-# ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CurveFacts:
-    """Train and validation loss per epoch, and what their shapes say (sections 2 and 7)."""
-
-    epochs: list[int]
-    train: list[float]
-    val: list[float]
-    best_val_epoch: int | None = None
-    best_val: float = math.nan
-    plateau_epoch: int | None = None  # the last epoch that improved val loss by a meaningful amount
-    epochs_since_improvement: int = 0
-    plateau_change: float = math.nan  # relative change of val loss from plateau_epoch to the last epoch
-    overfit_streak: int = 0  # longest run of epochs with train falling and val rising
-    overfit_streak_end: int | None = None
-    gap_rel: float = math.nan  # (val - train) at the last epoch, relative to the best val loss
-    val_above_best: float = math.nan  # last val loss relative to the best, minus 1
-    monitor: str = ""
-    monitor_values: list[float] = field(default_factory=list)
-
-
-@dataclass
-class LrFacts:
-    """The learning rate at each epoch's end and the schedule's shape (section 3)."""
-
-    values: list[float]
-    scheduler: str | None = None
-    warmup_epochs: int = 0
-    peak_epoch: int | None = None
-    decays: bool = False
-    reductions: list[tuple[int, float]] = field(default_factory=list)  # (epoch, new/old)
-    sign_changes: int = 0
-
-
-@dataclass
-class TermFacts:
-    """One loss term: its configured weight, weighted value and share of the gradient (section 5)."""
-
-    name: str
-    weight: float | None
-    value_last: float
-    value_mean: float
-    share_mean: float
-    share_last: float
-    financial: bool
-
-
-@dataclass
-class GradFacts:
-    """Gradient norm per top-level module, the guards' actions (section 6)."""
-
-    source: str
-    series: dict[str, list[tuple[float, float]]]  # module -> (step or epoch, norm)
-    x_label: str
-    level: dict[str, float]  # median norm per module: robust to a single spike
-    peak: dict[str, tuple[float, float]]  # module -> (step, largest norm)
-    unused: list[str] = field(default_factory=list)  # switched off in the config, so no gradient
-    vanishing: list[str] = field(default_factory=list)
-    reference: tuple[str, float] | None = None  # the module the others are compared with
-    spikes: list[tuple[str, float, float, float]] = field(default_factory=list)  # module, step, norm, ratio
-    resets: int = 0
-    reset_steps: list[Any] = field(default_factory=list)
-    degeneracy_warnings: int = 0
-    nonfinite: list[str] = field(default_factory=list)
-    overflow_skips: int = 0
-    resumed: int = 0
-
-
-@dataclass
-class DatasetFacts:
-    """The dataset guard's verdict, read from the dataset's manifest.json."""
-
-    path: Path | None
-    reachable: bool
-    note: str
-    dead: list[str] = field(default_factory=list)  # stock features failing the guard (constant, all zero)
-    mostly_null: list[str] = field(default_factory=list)
-    constant_over_time: list[str] = field(default_factory=list)  # market features that never change
-    label_problems: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    raw_dir: str | None = None
-    synthetic: bool = False
-
-
-@dataclass
-class Facts:
-    """Everything measured on a run: what the rules judge and the report shows."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    horizons: list[int]
-    data_path: Path | None
-    epochs_run: int
-    best_epoch: int | None
-    monitor: str
-    monitor_mode: str
-    valid: dict[str, float]
-    valid_source: str
-    test: dict[str, float]
-    test_source: str
-    oracle: dict[int, float]
-    capture: dict[int, float]
-    synthetic: bool
-    curve: CurveFacts
-    lr: LrFacts
-    terms: list[TermFacts]
-    grads: GradFacts
-    gate_mean: float
-    gate_std: float
-    gate_series: list[float]
-    graph_enabled: bool
-    dataset: DatasetFacts
-    metrics: pl.DataFrame
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def headline_split(self) -> str:
-        """``test`` when the run has test metrics (they are what it delivers), else ``valid``."""
-        return "test" if any(finite(v) for k, v in self.test.items() if k.startswith("rankic_")) else "valid"
-
-    def headline(self, metric: str, h: int) -> float:
-        """``metric`` at horizon ``h`` on the headline split (NaN when unknown)."""
-        source = self.test if self.headline_split == "test" else self.valid
-        return source.get(f"{metric}_{h}d", math.nan)
-
-    def cfg(self, dotted: str, default: Any = None) -> Any:
-        """A value of the run's config by dotted key (``train.optimizer.lr``), or ``default``."""
-        return cfg_get(self.config, dotted, default)
-
-    @property
-    def financial_share(self) -> float:
-        """Mean gradient share of the ranking terms together."""
-        return float(sum(t.share_mean for t in self.terms if t.financial and finite(t.share_mean)))
-
-
-@dataclass
-class Grade:
-    """The run against the minimum / target / stretch levels of one headline number."""
-
-    level: str  # one of GRADE_LEVELS, or "ungraded" when the number is unknown
-    metric: str  # e.g. capture_5d or rankic_5d
-    value: float
-    split: str
-    levels: dict[str, float]
-
-    def __str__(self) -> str:
-        return self.level
-
-
-@dataclass
-class Diagnosis:
-    """What ``diagnose_run`` returns: the status, every rule's result, the grade, and where it wrote."""
-
-    run_dir: Path
-    status: str  # "healthy" or the name of the main problem's rule
-    findings: list[Finding]
-    grade: Grade
-    facts: Facts
-    thresholds: dict[str, Any]
-    report_md: Path | None = None
-    report_html: Path | None = None
-    plots: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def fired(self) -> list[Finding]:
-        """The rules that fired, main problem first."""
-        return rules_mod.ranked(self.findings)
-
-    @property
-    def main(self) -> Finding | None:
-        """The main problem's finding, or None for a healthy run."""
-        fired = self.fired
-        return fired[0] if fired else None
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -223,24 +84,22 @@ class Diagnosis:
 
 def diagnose_run(run_dir: Path, *, html: bool = False, thresholds: dict | None = None) -> Diagnosis:
     """Diagnose a run folder and write ``report.md`` (+ ``report/*.png``, + ``report.html`` with ``html``)."""
-    from atft.reporting import plots, report
-
     diagnosis = diagnose(run_dir, thresholds=thresholds)
-    root = Path(run_dir)
-    diagnosis.plots = plots.make_plots(diagnosis.facts, root / "report")
-    diagnosis.report_md = root / "report.md"
-    diagnosis.report_md.write_text(report.render_markdown(diagnosis))
-    if html:
-        diagnosis.report_html = root / "report.html"
-        diagnosis.report_html.write_text(report.render_html(diagnosis))
+    folder = diagnosis.facts.folder
+    diagnosis.plots = plots.make_plots(diagnosis.facts, folder.report_dir)
+    markdown = report.render_markdown(diagnosis)
+    page = report.render_html(diagnosis) if html else None
+    diagnosis.report_md, diagnosis.report_html = folder.write_report(markdown, page)
     return diagnosis
 
 
 def diagnose(run_dir: Path, *, thresholds: dict | None = None) -> Diagnosis:
     """The diagnosis of a run folder without writing anything (``diagnose_run`` also writes the report)."""
-    root = Path(run_dir)
-    th = resolve_thresholds(_read_yaml(root / "config.yaml", []), thresholds)
-    facts = collect_facts(root, th)
+    folder = open_run_folder(run_dir)
+    notes: list[str] = []
+    config, loaded = read_run_config(folder, notes)
+    th = resolve_thresholds(config, thresholds)
+    facts = collect_facts(folder, config, th, notes, config_loaded=loaded)
     findings = rules_mod.evaluate(facts, th)
     fired = rules_mod.ranked(findings)
     return Diagnosis(
@@ -253,12 +112,46 @@ def diagnose(run_dir: Path, *, thresholds: dict | None = None) -> Diagnosis:
     )
 
 
-def resolve_thresholds(config: dict[str, Any], overrides: dict | None) -> dict[str, Any]:
+def open_run_folder(run_dir: Path | str) -> RunFolder:
+    """The run folder at ``run_dir``, refused (one line naming it) when it holds nothing of a run: the
+    doctor reads a run that crashed or still trains, but needs its metrics, its summary or its config."""
+    folder = RunFolder(run_dir)
+    if not folder.root.is_dir():
+        raise FileNotFoundError(f"{folder.root} is not a folder")
+    files = (folder.metrics, folder.summary_file, folder.config_file)
+    if not any(path.exists() for path in files):
+        names = [path.name for path in files]
+        raise ValueError(
+            f"{folder.root} is not a run folder: it has no {', '.join(names[:-1])} or {names[-1]}"
+        )
+    return folder
+
+
+def read_run_config(folder: RunFolder, notes: list[str]) -> tuple[ATFTConfig, bool]:
+    """The run's config through the schema and True; the schema defaults and False (noted) when its
+    config.yaml is missing or does not load."""
+    if not folder.is_run():
+        notes.append("config.yaml is missing: schedule, loss weights and overrides are unknown")
+    else:
+        try:
+            return folder.read_config(), True
+        except RunFolderError as e:
+            notes.append(str(e))  # names the file and what is wrong with it
+    notes.append("the schema defaults stand in for the run's settings (atft.config.load_config(None))")
+    return load_config(None, env={}).cfg, False
+
+
+def resolve_thresholds(config: ATFTConfig, overrides: dict | None) -> dict[str, Any]:
     """``DEFAULT_THRESHOLDS``, then the run's ``eval.grading`` levels, then ``overrides`` (names checked)."""
     th = dict(rules_mod.DEFAULT_THRESHOLDS)
-    grading = cfg_get(config, "eval.grading", None)
-    if isinstance(grading, dict):
-        th.update({k: float(v) for k, v in grading.items() if k in th and v is not None})
+    grading = config.eval.grading
+    th.update(
+        {
+            level.name: float(getattr(grading, level.name))
+            for level in dataclasses.fields(GradingConfig)
+            if level.name in th
+        }
+    )
     unknown = sorted(set(overrides or {}) - set(th))
     if unknown:
         raise ValueError(f"unknown doctor threshold(s) {unknown}; known: {sorted(th)}")
@@ -291,34 +184,64 @@ def grade_run(facts: Facts, th: dict[str, Any]) -> Grade:
 # ------------------------------------------------------------------------------------------------------
 
 
-def collect_facts(root: Path, thresholds: dict[str, Any] | None = None) -> Facts:
-    """Read a run folder and measure everything the rules and the report need (``thresholds``: the
-    resolved ones; the plateau and gradient measurements depend on them)."""
-    th = thresholds or rules_mod.DEFAULT_THRESHOLDS
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    if not any((root / name).exists() for name in ("metrics.csv", "summary.json", "config.yaml")):
-        raise ValueError(f"{root} is not a run folder: it has no metrics.csv, summary.json or config.yaml")
-    notes: list[str] = []
-    config = _read_yaml(root / "config.yaml", notes)
-    run_info = _read_json(root / "run.json", notes, required=False) or {}
-    summary = _read_json(root / "summary.json", notes, required=False)
+def collect_facts(
+    folder: RunFolder,
+    config: ATFTConfig,
+    thresholds: dict[str, Any],
+    notes: list[str],
+    *,
+    config_loaded: bool = True,
+) -> Facts:
+    """Read a run folder and measure everything the rules and the report need.
+
+    ``config`` is the run's (``read_run_config``; ``config_loaded`` False when it is the schema defaults
+    standing in for a missing one), ``thresholds`` the resolved ones (the plateau and gradient measurements
+    depend on them); what could not be read is added to ``notes``.
+    """
+    th = thresholds
+    data_path = _tolerant(folder.recorded_data_path, notes)
+    if data_path is None and folder.info_file.is_file():
+        notes.append("run.json: unreadable, or it names no data_path")
+    summary = _tolerant(folder.read_summary, notes)
+    if summary is not None and not isinstance(summary, dict):
+        notes.append("summary.json: unreadable (not a JSON object)")
+        summary = None
     if summary is None:
         notes.append(
             "summary.json is missing (an older run, or one still training or stopped): "
             "best epoch and validation metrics come from metrics.csv, "
             "test metrics only from eval/metrics.json"
         )
-    evaluation = _read_json(root / "eval" / "metrics.json", notes, required=False)
-    metrics = read_metrics(root / "metrics.csv", notes)
-    events = read_events(root / "events.jsonl", notes)
-    log_lines = (root / "train.log").read_text().splitlines() if (root / "train.log").exists() else []
+    evaluation = _tolerant(folder.read_evaluation, notes)
+    metrics = folder.read_metrics()  # a damaged metrics.csv is refused: it is what the doctor reads most
+    if metrics is None:
+        notes.append("metrics.csv is missing: no per-epoch curves")
+        metrics = pl.DataFrame({"epoch": []}, schema={"epoch": pl.Float64})
+    elif metrics.height == 0:
+        notes.append("metrics.csv is empty: no per-epoch curves")
+    read = folder.read_events()
+    if read is None:
+        notes.append("events.jsonl is missing: no step-level gradient readings or guard events")
+        events: list[dict[str, Any]] = []
+    else:
+        events, bad = read
+        if bad:
+            notes.append(f"events.jsonl: {bad} unreadable line(s) skipped")
+    log_lines = folder.read_log()
 
-    horizons = [int(h) for h in cfg_get(config, "data.horizons", []) or []] or _horizons_from(metrics)
-    monitor = str(cfg_get(config, "train.early_stopping.monitor", "val/rankic_5d"))
+    horizons = [int(h) for h in config.data.horizons]
+    if not config_loaded:
+        guessed = _horizons_from(metrics)
+        if guessed:
+            horizons = guessed
+            notes.append(f"horizons {horizons} read from the val_rankic_<h>d columns of metrics.csv")
+        else:
+            notes.append(f"horizons {horizons}: the schema default")
+    early_stopping = config.train.early_stopping
+    monitor = str(early_stopping.monitor)
     if summary and summary.get("monitor"):
         monitor = str(summary["monitor"])
-    mode = str(cfg_get(config, "train.early_stopping.mode", "max"))
+    mode = str(early_stopping.mode)
     monitor_col = monitor.replace("/", "_")
 
     best_epoch = summary.get("best_epoch") if summary else None
@@ -349,20 +272,16 @@ def collect_facts(root: Path, thresholds: dict[str, Any] | None = None) -> Facts
         if h not in capture and finite(o) and o > 0 and finite(r):
             capture[h] = r / o
 
-    data_path = (
-        run_info.get("data_path") or (summary or {}).get("data_path") or cfg_get(config, "data.dataset_dir")
-    )
-    dataset = read_dataset_facts(Path(data_path) if data_path else None)
-    graph_enabled = (
-        bool(cfg_get(config, "model.gat.enabled", True))
-        and cfg_get(config, "model.graph.mode", "correlation") != "none"
-    )
+    recorded = data_path or (summary or {}).get("data_path") or config.data.dataset_dir
+    dataset_path = Path(recorded) if recorded else None
+    dataset = read_dataset_facts(dataset_path)
     gate = _column(metrics, "gate_mean")
     return Facts(
-        run_dir=root,
+        folder=folder,
         config=config,
+        config_loaded=config_loaded,
         horizons=horizons,
-        data_path=Path(data_path) if data_path else None,
+        data_path=dataset_path,
         epochs_run=epochs_run,
         best_epoch=int(best_epoch) if best_epoch is not None else None,
         monitor=monitor,
@@ -375,71 +294,36 @@ def collect_facts(root: Path, thresholds: dict[str, Any] | None = None) -> Facts
         capture=capture,
         synthetic=bool(oracle) or dataset.synthetic,
         curve=curve_facts(metrics, monitor_col, th["plateau_min_improvement"]),
-        lr=lr_facts(metrics, cfg_get(config, "train.scheduler.name")),
-        terms=term_facts(metrics, cfg_get(config, "loss.weights", {}) or {}),
+        lr=lr_facts(metrics, str(config.train.scheduler.name) if config_loaded else None),
+        terms=term_facts(metrics, config.loss.weights if config_loaded else None),
         grads=grad_facts(
             metrics, events, log_lines, config, summary, th["vanishing_ratio"], th["exploding_ratio"]
         ),
         gate_mean=_last_finite(gate),
         gate_std=_last_finite(_column(metrics, "gate_std")),
         gate_series=[float(v) for v in gate] if gate is not None else [],
-        graph_enabled=graph_enabled,
+        graph_enabled=uses_graph(config.model),
         dataset=dataset,
         metrics=metrics,
+        log_lines=log_lines,
         notes=notes,
     )
 
 
-def read_metrics(path: Path, notes: list[str]) -> pl.DataFrame:
-    """metrics.csv as floats, one row per epoch (the last row wins for an epoch written twice)."""
-    empty = pl.DataFrame({"epoch": []}, schema={"epoch": pl.Float64})
-    if not path.exists():
-        notes.append("metrics.csv is missing: no per-epoch curves")
-        return empty
-    try:
-        # read as text then cast: an empty cell, "nan" or "inf" must not turn a column into strings
-        raw = pl.read_csv(path, infer_schema_length=0)
-    except pl.exceptions.NoDataError:
-        notes.append("metrics.csv is empty: no per-epoch curves")
-        return empty
-    frame = raw.with_columns(pl.all().cast(pl.Float64, strict=False))
-    if "epoch" in frame.columns:
-        frame = frame.filter(pl.col("epoch").is_not_null()).unique("epoch", keep="last").sort("epoch")
-    return frame
-
-
-def read_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """events.jsonl as a list of dicts; an unreadable line (a kill mid-write) is skipped and noted."""
-    if not path.exists():
-        notes.append("events.jsonl is missing: no step-level gradient readings or guard events")
-        return []
-    events, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            bad += 1
-    if bad:
-        notes.append(f"events.jsonl: {bad} unreadable line(s) skipped")
-    return events
-
-
 def read_dataset_facts(path: Path | None) -> DatasetFacts:
-    """The dataset guard's findings from ``<dataset>/manifest.json``, or why they could not be read."""
+    """The dataset guard's findings from the dataset's manifest, or why they could not be read."""
     if path is None:
         return DatasetFacts(
             None, False, "the run records no dataset path (run.json, summary.json, data.dataset_dir)"
         )
-    manifest_path = path / "manifest.json"
+    manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return DatasetFacts(
             path, False, f"dataset not reachable: {manifest_path} not found, features not checked"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = DatasetFolder(path).manifest
+    except DatasetError as e:
         return DatasetFacts(
             path, False, f"dataset manifest {manifest_path} unreadable ({e}): features not checked"
         )
@@ -575,8 +459,9 @@ def lr_facts(metrics: pl.DataFrame, scheduler: str | None) -> LrFacts:
     return facts
 
 
-def term_facts(metrics: pl.DataFrame, weights: dict[str, Any]) -> list[TermFacts]:
-    """Each loss term's weighted value and gradient share, over the epochs logged."""
+def term_facts(metrics: pl.DataFrame, weights: LossWeights | None) -> list[TermFacts]:
+    """Each loss term's weighted value and gradient share, over the epochs logged (``weights``: the run's
+    configured ones, None when unknown)."""
     names = sorted(
         {c.removeprefix("loss_") for c in metrics.columns if c.startswith("loss_")}
         | {c.removeprefix("gradshare_") for c in metrics.columns if c.startswith("gradshare_")}
@@ -585,7 +470,7 @@ def term_facts(metrics: pl.DataFrame, weights: dict[str, Any]) -> list[TermFacts
     for name in names:
         value = _column(metrics, f"loss_{name}", [])
         share = _column(metrics, f"gradshare_{name}", [])
-        w = weights.get(name)
+        w = getattr(weights, name, None) if weights is not None else None
         out.append(
             TermFacts(
                 name=name,
@@ -604,7 +489,7 @@ def grad_facts(
     metrics: pl.DataFrame,
     events: list[dict[str, Any]],
     log_lines: list[str],
-    config: dict[str, Any],
+    config: ATFTConfig,
     summary: dict[str, Any] | None,
     vanishing_ratio: float = 1e-3,
     exploding_ratio: float = 1e3,
@@ -634,7 +519,7 @@ def grad_facts(
             facts.level[module] = float(np.median([v for _, v in points]))
             facts.peak[module] = max(points, key=lambda p: p[1])
     facts.unused = [
-        m for m, pts in series.items() if pts and all(v == 0 for _, v in pts) and _disabled(m, config)
+        m for m, pts in series.items() if pts and all(v == 0 for _, v in pts) and _disabled(m, config.model)
     ]
     analyse_gradients(facts, vanishing_ratio, exploding_ratio)
 
@@ -695,51 +580,24 @@ def analyse_gradients(facts: GradFacts, vanishing_ratio: float, exploding_ratio:
 # ------------------------------------------------------------------------------------------------------
 
 
-def cfg_get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    """``config["a"]["b"]`` for ``"a.b"``; ``default`` when any part is missing."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+def _tolerant(read: Callable[[], T], notes: list[str]) -> T | None:
+    """``read()``, or None with its one-line error in ``notes`` when the file it reads is damaged."""
+    try:
+        return read()
+    except RunFolderError as e:
+        notes.append(str(e))
+        return None
 
 
-def _disabled(module: str, config: dict[str, Any]) -> bool:
-    """True when the config switches ``module`` off, so that its zero gradient is expected."""
+def _disabled(module: str, model: ModelConfig) -> bool:
+    """True when the model config switches ``module`` off, so that its zero gradient is expected."""
     if module.startswith(("gat", "fusion", "graph")):
-        return not cfg_get(config, "model.gat.enabled", True) or cfg_get(config, "model.graph.mode") == "none"
+        return not uses_graph(model)
     if module == "fan":
-        return not cfg_get(config, "model.fan.enabled", True)
+        return not model.fan.enabled
     if module == "shortcut":
-        return not cfg_get(config, "model.shortcut", True)
+        return not model.shortcut
     return False
-
-
-def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any]:
-    if not path.exists():
-        notes.append("config.yaml is missing: schedule, loss weights and overrides are unknown")
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        notes.append(f"config.yaml unreadable: {e}")
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _read_json(path: Path, notes: list[str], *, required: bool) -> Any:
-    if not path.exists():
-        if required:
-            notes.append(f"{path.name} is missing")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        notes.append(
-            f"{path.relative_to(path.parents[1]) if len(path.parents) > 1 else path}: unreadable ({e})"
-        )
-        return None
 
 
 def _column(frame: pl.DataFrame, name: str, default: Any = None) -> Any:

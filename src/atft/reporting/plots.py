@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,10 +16,8 @@ matplotlib.use("Agg")  # before anything imports pyplot: a report is drawn on ma
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from atft.reporting.numbers import finite
-
-if TYPE_CHECKING:
-    from atft.reporting.doctor import Facts
+from atft.reporting.facts import Facts  # noqa: E402
+from atft.reporting.numbers import finite  # noqa: E402
 
 DPI = 100
 

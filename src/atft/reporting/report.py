@@ -11,13 +11,11 @@ import html as html_lib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from atft.reporting.facts import Diagnosis, Facts
 from atft.reporting.numbers import fmt
 from atft.reporting.rules import healthy_recommendation
-
-if TYPE_CHECKING:
-    from atft.reporting.doctor import Diagnosis, Facts
 
 SECTION_TITLES = (
     "1. Executive summary",
@@ -272,10 +270,7 @@ def _validation(d: Diagnosis, f: Facts) -> Section:
             [f"{h}d"] + [_n(values.get(f"{key}_{h}d"), digits) for _, key, digits in METRIC_COLUMNS]
             for h in f.horizons
         ]
-        s.p(
-            f"**{split}** ({source}; "
-            f"net Sharpe after {_g(f.cfg('eval.cost_bps', math.nan))} bps per unit traded):"
-        )
+        s.p(f"**{split}** ({source}; net Sharpe after {_g(f.config.eval.cost_bps)} bps per unit traded):")
         s.table(["horizon"] + [label for label, _, _ in METRIC_COLUMNS], rows)
     s.image(d.plots, "val_metrics", "validation RankIC and SCALE per horizon per epoch")
     return s

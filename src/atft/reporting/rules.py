@@ -1,8 +1,10 @@
-"""Root-cause rules of the run doctor: each one recognizes a failure from the run's measurements.
+"""Root-cause rules of the run doctor: a table of rules, each recognizing one failure from the measurements.
 
-A rule reads the ``Facts`` that ``atft.reporting.doctor`` measured and returns a ``Finding``: whether it
-fired, how bad it is, the evidence in numbers, and a recommendation ending in a concrete ``atft train``
+A rule is one row of ``RULES``: its name, title and severity, a check that reads the ``Facts`` that
+``atft.reporting.doctor`` measured and says whether the rule fired and on what evidence (in numbers), and
+an advice builder that, for a fired rule, says what to do and why, ending in a concrete ``atft train``
 command line (the run's own config plus dotted overrides), so that the fix is one copy-paste away.
+``evaluate`` runs the table and turns each row's result into a ``Finding``.
 
 Rules run in ``RULES`` order, which is also the tie-break between findings of the same severity: causes
 (non-finite values, collapse, inverted signal, bad data, broken gradients) come before their symptoms
@@ -15,12 +17,24 @@ import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
+from atft.reporting.facts import SEVERITIES, Facts, Finding, TermFacts, ranked
 from atft.reporting.numbers import finite, fmt
 
-if TYPE_CHECKING:
-    from atft.reporting.doctor import Facts
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "RULES",
+    "SEVERITIES",
+    "Advice",
+    "Check",
+    "Finding",
+    "Rule",
+    "evaluate",
+    "healthy_recommendation",
+    "ranked",
+    "train_command",
+]
 
 DEFAULT_THRESHOLDS: dict[str, Any] = {
     # collapse: prediction spread std(pred)/std(label) per day below this, at any horizon
@@ -64,45 +78,59 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "stretch_capture": 0.8,
 }
 
-SEVERITIES = ("critical", "warning", "info")
+Thresholds = dict[str, Any]
 
 
-@dataclass
-class Finding:
-    """One rule's verdict on a run."""
+# ------------------------------------------------------------------------------------------------------
+# the shape of a rule
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a rule's check found: whether it fired, the evidence in numbers, and (rarely) a severity of
+    its own that replaces the rule's usual one (how bad it is depends on what was found)."""
+
+    fired: bool
+    evidence: str
+    severity: str | None = None
+
+
+class Advice(NamedTuple):
+    """What to do about a fired rule and why (``text``), and the command line that does it."""
+
+    text: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the rules table."""
 
     name: str
     title: str
-    fired: bool
-    severity: str  # critical | warning | info
-    evidence: str
-    recommendation: str = ""  # what to do and why, ending with the command line
-    command: str = ""  # the command line alone
+    severity: str  # critical | warning | info: the usual one (a check may set another)
+    check: Callable[[Facts, Thresholds], Check]
+    advise: Callable[[Facts, Thresholds], Advice]  # called only when the check fired
 
-    @property
-    def rank(self) -> int:
-        return SEVERITIES.index(self.severity)
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"rule {self.name}: severity {self.severity!r} is not one of {SEVERITIES}")
 
-
-Rule = Callable[["Facts", dict[str, Any]], Finding]
-RULES: list[Rule] = []
-
-
-def rule(fn: Rule) -> Rule:
-    """Register a rule; registration order is priority order among findings of equal severity."""
-    RULES.append(fn)
-    return fn
+    def judge(self, facts: Facts, th: Thresholds) -> Finding:
+        """This rule's finding on a run: the check's verdict, and for a fired rule the advice."""
+        found = self.check(facts, th)
+        severity = found.severity or self.severity
+        if not found.fired:
+            return Finding(self.name, self.title, False, severity, found.evidence)
+        text, command = self.advise(facts, th)
+        recommendation = f"{text}\n\n    {command}" if command else text
+        return Finding(self.name, self.title, True, severity, found.evidence, recommendation, command)
 
 
-def evaluate(facts: Facts, th: dict[str, Any]) -> list[Finding]:
+def evaluate(facts: Facts, th: Thresholds) -> list[Finding]:
     """Every rule's finding, in ``RULES`` order (fired or not)."""
-    return [r(facts, th) for r in RULES]
-
-
-def ranked(findings: list[Finding]) -> list[Finding]:
-    """The fired findings, most severe first, ties in rule order: the first is the run's main problem."""
-    order = {f.name: i for i, f in enumerate(findings)}
-    return sorted((f for f in findings if f.fired), key=lambda f: (f.rank, order[f.name]))
+    return [rule.judge(facts, th) for rule in RULES]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -114,12 +142,24 @@ def train_command(facts: Facts, slug: str, overrides: dict[str, Any], *, data_pa
     """``atft train`` on the run's config and dataset (or ``data_path``), as a new run ``<run>-<slug>``."""
     data = data_path or (str(facts.data_path) if facts.data_path else None)
     parts = ["atft", "train"]
-    if (facts.run_dir / "config.yaml").exists():
-        parts += ["--config", shlex.quote(str(facts.run_dir / "config.yaml"))]
+    if facts.folder.is_run():
+        parts += ["--config", shlex.quote(str(facts.folder.config_file))]
     parts += ["--data-path", shlex.quote(data) if data else "DATASET"]
     parts += ["--run-name", shlex.quote(f"{facts.run_dir.name}-{slug}")]
     parts += [f"{k}={_value(v)}" for k, v in overrides.items()]
     return " ".join(parts)
+
+
+def healthy_recommendation(facts: Facts) -> tuple[str, str]:
+    """What to do after a healthy run: measure the seed noise before trusting the next comparison."""
+    new_seed = int(facts.config.train.seed) + 1
+    command = train_command(facts, f"seed{new_seed}", {"train.seed": new_seed})
+    return (
+        "No rule fired. Keep this run as the baseline; before reading anything into the next change, "
+        "rerun it with another seed: the RankIC difference between two seeds is the smallest effect any "
+        "comparison can claim.",
+        command,
+    )
 
 
 def _value(v: Any) -> str:
@@ -130,46 +170,31 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def _finding(
-    name: str, title: str, fired: bool, severity: str, evidence: str, advice: str = "", command: str = ""
-) -> Finding:
-    recommendation = f"{advice}\n\n    {command}" if fired and command else (advice if fired else "")
-    return Finding(name, title, fired, severity, evidence, recommendation, command if fired else "")
-
-
-def _f(x: float, digits: int = 3) -> str:
-    return fmt(x, f".{digits}f")
-
-
-def _g(x: float) -> str:
-    return fmt(x, ".2g")
-
-
-def _per_h(values: dict[int, float], digits: int = 3) -> str:
-    return ", ".join(f"{h}d {_f(v, digits)}" for h, v in values.items())
-
-
 def _lr(facts: Facts) -> float:
-    lr = facts.cfg("train.optimizer.lr")
-    return float(lr) if finite(lr) else (max(facts.lr.values) if facts.lr.values else 3e-4)
+    """The run's learning rate: its config's, or the largest logged one when the config is unknown."""
+    if facts.config_loaded or not facts.lr.values:
+        return float(facts.config.train.optimizer.lr)
+    return max(facts.lr.values)
 
 
 # ------------------------------------------------------------------------------------------------------
-# the rules, in priority order
+# the rules: a check and an advice builder each, in the table's order
 # ------------------------------------------------------------------------------------------------------
 
 
-@rule
-def no_epochs(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_no_epochs(f: Facts, th: Thresholds) -> Check:
     """Nothing to judge: no epoch in metrics.csv and no summary (crashed early, or still in epoch 0)."""
     n = f.metrics.height
     fired = n == 0 and not f.valid and not f.test
     evidence = f"{n} epoch(s) in metrics.csv" + ("" if f.valid or f.test else "; no summary.json metrics")
-    log = f.run_dir / "train.log"
-    last = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+    last = "\n".join(f.log_lines).strip().splitlines()[-1:]
     if fired and last:
         evidence += f"; last train.log line: {last[0]}"
-    resumable = (f.run_dir / "checkpoints" / "last.ckpt").exists()
+    return Check(fired, evidence)
+
+
+def _advise_no_epochs(f: Facts, th: Thresholds) -> Advice:
+    resumable = f.folder.last_checkpoint.exists()
     advice = (
         "The run has not finished a single epoch: it crashed before (the console and train.log say why; "
         "the dataset guard and the config check stop a run there) or is still in its first epoch. "
@@ -178,11 +203,10 @@ def no_epochs(f: Facts, th: dict[str, Any]) -> Finding:
     command = (
         f"atft train --resume {shlex.quote(str(f.run_dir))}" if resumable else train_command(f, "retry", {})
     )
-    return _finding("no_epochs", "No epoch logged", fired, "critical", evidence, advice, command)
+    return Advice(advice, command)
 
 
-@rule
-def non_finite(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_non_finite(f: Facts, th: Thresholds) -> Check:
     """NaN or infinity stopped training (the NonFiniteGuard's event, or its STOP line in train.log)."""
     fired = bool(f.grads.nonfinite)
     evidence = (
@@ -192,11 +216,15 @@ def non_finite(f: Facts, th: dict[str, Any]) -> Finding:
     )
     if f.grads.overflow_skips:
         evidence += f"; {f.grads.overflow_skips} fp16 overflow step(s) skipped by the gradient scaler"
+    return Check(fired, evidence)
+
+
+def _advise_non_finite(f: Facts, th: Thresholds) -> Advice:
+    train = f.config.train
     overrides: dict[str, Any] = {"train.optimizer.lr": _lr(f) / 3}
-    clip = f.cfg("train.optimizer.grad_clip")
-    if not finite(clip) or not clip or clip > 0.5:
+    if not train.optimizer.grad_clip or train.optimizer.grad_clip > 0.5:
         overrides["train.optimizer.grad_clip"] = 0.5
-    if f.cfg("train.trainer.precision") == "16-mixed":
+    if train.trainer.precision == "16-mixed":
         overrides["train.trainer.precision"] = "bf16-mixed"
     advice = (
         "The run died on a NaN/inf, so the weights after that step are garbage and only the best "
@@ -205,19 +233,10 @@ def non_finite(f: Facts, th: dict[str, Any]) -> Finding:
         + (", and leave fp16 for bf16" if "train.trainer.precision" in overrides else "")
         + ":"
     )
-    return _finding(
-        "non_finite",
-        "Non-finite loss or gradient",
-        fired,
-        "critical",
-        evidence,
-        advice,
-        train_command(f, "finite", overrides),
-    )
+    return Advice(advice, train_command(f, "finite", overrides))
 
 
-@rule
-def collapse(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_collapse(f: Facts, th: Thresholds) -> Check:
     """Predictions collapsed to a constant: SCALE (per-day std ratio) under ``collapse_scale``."""
     floor = th["collapse_scale"]
     split = f.headline_split
@@ -238,28 +257,23 @@ def collapse(f: Facts, th: dict[str, Any]) -> Finding:
     if fired:
         ric = {h: f.headline("rankic", h) for h in f.horizons}
         evidence += f"; RankIC meanwhile: {_per_h(ric)}"
-    w = f.cfg("loss.weights.variance_floor")
-    w = float(w) if finite(w) else 0.0
+    return Check(fired, evidence)
+
+
+def _advise_collapse(f: Facts, th: Thresholds) -> Advice:
+    w = float(f.config.loss.weights.variance_floor)
     overrides = {"loss.weights.variance_floor": max(1.0, 2 * w), "train.optimizer.lr": _lr(f) / 3}
     advice = (
-        f"The predictions are nearly constant across stocks (spread under {floor:.0%} of the labels'): "
-        "RankIC can still look alive on such a model, but its forecasts carry no size, and ranks built "
-        "on noise-level differences turn over for nothing. Something (learning rate, a loss term that "
-        "rewards shrinking) pushed the heads to zero; strengthen the variance floor and slow down:"
+        f"The predictions are nearly constant across stocks (spread under {th['collapse_scale']:.0%} of "
+        "the labels'): RankIC can still look alive on such a model, but its forecasts carry no size, and "
+        "ranks built on noise-level differences turn over for nothing. Something (learning rate, a loss "
+        "term that rewards shrinking) pushed the heads to zero; strengthen the variance floor and slow "
+        "down:"
     )
-    return _finding(
-        "collapse",
-        "Collapsed predictions",
-        fired,
-        "critical",
-        evidence,
-        advice,
-        train_command(f, "no-collapse", overrides),
-    )
+    return Advice(advice, train_command(f, "no-collapse", overrides))
 
 
-@rule
-def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_negative_ic(f: Facts, th: Thresholds) -> Check:
     """The model ranks backwards: RankIC below ``negative_ic_max`` at every horizon."""
     split = f.headline_split
     ric = {h: f.headline("rankic", h) for h in f.horizons}
@@ -267,10 +281,15 @@ def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
     known = [v for v in ric.values() if finite(v)]
     fired = bool(known) and all(v < th["negative_ic_max"] for v in known)
     evidence = f"RankIC on {split}: {_per_h(ric, 4)}; IC: {_per_h(ic, 4)}"
-    valid = {h: f.valid.get(f"rankic_{h}d", math.nan) for h in f.horizons}
     if split == "test":
-        evidence += f"; on validation (best epoch): {_per_h(valid, 4)}"
-    valid_positive = split == "test" and any(finite(v) and v > 0 for v in valid.values())
+        evidence += f"; on validation (best epoch): {_per_h(_valid_rankic(f), 4)}"
+    return Check(fired, evidence)
+
+
+def _advise_negative_ic(f: Facts, th: Thresholds) -> Advice:
+    valid_positive = f.headline_split == "test" and any(
+        finite(v) and v > 0 for v in _valid_rankic(f).values()
+    )
     if valid_positive:
         advice = (
             "The ranking is positive on validation but negative on test at every horizon: what was "
@@ -278,9 +297,8 @@ def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
             "on noise). Regularize harder and check the result across walk-forward folds before trusting "
             "either sign:"
         )
-        d = f.cfg("model.dropout")
         overrides = {
-            "model.dropout": min(0.5, (float(d) if finite(d) else 0.1) + 0.1),
+            "model.dropout": min(0.5, float(f.config.model.dropout) + 0.1),
             "train.optimizer.weight_decay": 0.05,
         }
     else:
@@ -291,25 +309,14 @@ def negative_ic(f: Facts, th: dict[str, Any]) -> Finding:
             "if its IC is positive, the ranking term is at fault:"
         )
         overrides = {"loss.weights.rankic": 0.0, "loss.weights.huber": 1.0}
-    return _finding(
-        "negative_ic",
-        "Negative IC at every horizon",
-        fired,
-        "critical",
-        evidence,
-        advice,
-        train_command(f, "sign-check", overrides),
-    )
+    return Advice(advice, train_command(f, "sign-check", overrides))
 
 
-@rule
-def dead_features(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_dead_features(f: Facts, th: Thresholds) -> Check:
     """The dataset guard found features (or labels) that cannot carry information."""
     d = f.dataset
     if not d.reachable:
-        return _finding(
-            "dead_features", "Dead or constant features", False, "warning", f"not checked: {d.note}"
-        )
+        return Check(False, f"not checked: {d.note}", "warning")
     parts = []
     if d.dead:
         parts.append(f"{len(d.dead)} constant or all-zero across stocks: {', '.join(d.dead[:10])}")
@@ -325,6 +332,11 @@ def dead_features(f: Facts, th: dict[str, Any]) -> Finding:
     fired = bool(parts)
     severity = "critical" if (d.dead or d.mostly_null or d.label_problems) else "warning"
     evidence = (f"dataset guard ({d.path}): " + "; ".join(parts)) if fired else f"none: {d.note}"
+    return Check(fired, evidence, severity)
+
+
+def _advise_dead_features(f: Facts, th: Thresholds) -> Advice:
+    d = f.dataset
     raw = shlex.quote(d.raw_dir) if d.raw_dir else "RAW_STORE"
     rebuilt = f"{d.path}-rebuilt"
     advice = (
@@ -336,18 +348,15 @@ def dead_features(f: Facts, th: dict[str, Any]) -> Finding:
     command = f"atft data build --raw {raw} --out {shlex.quote(rebuilt)} && " + train_command(
         f, "rebuilt", {}, data_path=rebuilt
     )
-    return _finding("dead_features", "Dead or constant features", fired, severity, evidence, advice, command)
+    return Advice(advice, command)
 
 
-@rule
-def exploding_gradients(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_exploding_gradients(f: Facts, th: Thresholds) -> Check:
     """A module's gradient dwarfs the others' (``exploding_ratio`` times their median at that step)."""
     spikes = sorted(f.grads.spikes, key=lambda s: -s[3])
-    fired = bool(spikes)
-    modules = sorted({s[0] for s in spikes})
     # a single spike (typically the first step) is an oddity of initialization; repeated ones cost steps
     severity = "warning" if len(spikes) >= 2 else "info"
-    if fired:
+    if spikes:
         shown = "; ".join(
             f"{m} {v:.2g} at {f.grads.x_label} {x:g} ({r:.1e}x the others' median)"
             for m, x, v, r in spikes[:3]
@@ -357,83 +366,80 @@ def exploding_gradients(f: Facts, th: dict[str, Any]) -> Finding:
         )
     else:
         evidence = f"no module's gradient above {th['exploding_ratio']:g}x the others' ({f.grads.source})"
-    clip = f.cfg("train.optimizer.grad_clip")
+    return Check(bool(spikes), evidence, severity)
+
+
+def _advise_exploding_gradients(f: Facts, th: Thresholds) -> Advice:
+    modules = sorted({s[0] for s in f.grads.spikes})
     overrides: dict[str, Any] = {"train.optimizer.lr": _lr(f) / 3}
     if any(m.startswith(("gat", "fusion")) for m in modules):
         overrides = {"model.graph.mode": "none"}
     advice = (
-        f"With gradient clipping (grad_clip={clip}) a step whose norm is dominated by "
-        f"{', '.join(modules)} is "
+        f"With gradient clipping (grad_clip={f.config.train.optimizer.grad_clip}) a step whose norm is "
+        f"dominated by {', '.join(modules)} is "
         "scaled down as a whole, so every other module learns almost nothing on it; without clipping, "
         "that step throws the weights far. A spike only at the first step points at initialization (a "
         "normalization of a near-constant input). Confirm where it comes from with this run:"
     )
-    return _finding(
-        "exploding_gradients",
-        "Exploding gradient in a module",
-        fired,
-        severity,
-        evidence,
-        advice,
-        train_command(f, "grad-check", overrides),
-    )
+    return Advice(advice, train_command(f, "grad-check", overrides))
 
 
-@rule
-def vanishing_gradients(f: Facts, th: dict[str, Any]) -> Finding:
+# the ablation that switches a module off, for a vanishing gradient
+_SWITCH_OFF: dict[str, dict[str, Any]] = {
+    "fan": {"model.fan.enabled": False},
+    "vsn": {"model.vsn.enabled": False},
+    "gat": {"model.graph.mode": "none"},
+    "fusion": {"model.graph.mode": "none"},
+    "shortcut": {"model.shortcut": False},
+}
+
+
+def _check_vanishing_gradients(f: Facts, th: Thresholds) -> Check:
     """A module whose median gradient norm is under ``vanishing_ratio`` times the largest module's."""
     g = f.grads
     fired = bool(g.vanishing)
     if g.reference is None:
-        evidence = "no gradient readings"
-    else:
-        ref, level = g.reference
-        shown = ", ".join(f"{m} {_g(g.level[m])}" for m in sorted(g.level, key=lambda m: -g.level[m]))
-        evidence = f"median gradient norm per module ({g.source}): {shown}"
-        if fired:
-            evidence += f"; below {th['vanishing_ratio']:g}x {ref}: {', '.join(g.vanishing)}"
-        if g.unused:
-            evidence += f"; switched off in the config: {', '.join(g.unused)}"
-    switch = {
-        "fan": {"model.fan.enabled": False},
-        "vsn": {"model.vsn.enabled": False},
-        "gat": {"model.graph.mode": "none"},
-        "fusion": {"model.graph.mode": "none"},
-        "shortcut": {"model.shortcut": False},
-    }
-    first = g.vanishing[0] if g.vanishing else ""
-    overrides = switch.get(first, {"train.optimizer.lr": _lr(f) * 3})
+        return Check(fired, "no gradient readings")
+    ref, _ = g.reference
+    shown = ", ".join(f"{m} {_g(g.level[m])}" for m in sorted(g.level, key=lambda m: -g.level[m]))
+    evidence = f"median gradient norm per module ({g.source}): {shown}"
+    if fired:
+        evidence += f"; below {th['vanishing_ratio']:g}x {ref}: {', '.join(g.vanishing)}"
+    if g.unused:
+        evidence += f"; switched off in the config: {', '.join(g.unused)}"
+    return Check(fired, evidence)
+
+
+def _advise_vanishing_gradients(f: Facts, th: Thresholds) -> Advice:
+    vanishing = f.grads.vanishing
+    first = vanishing[0] if vanishing else ""
+    overrides = _SWITCH_OFF.get(first, {"train.optimizer.lr": _lr(f) * 3})
     advice = (
-        f"{', '.join(g.vanishing)} receive(s) almost no gradient, so their weights stay at "
+        f"{', '.join(vanishing)} receive(s) almost no gradient, so their weights stay at "
         "initialization and the parameters are dead weight (or the path through them is broken, e.g. "
         "a saturated gate). An ablation without the module tells whether it does anything; if RankIC "
         "holds, drop it, else look for what blocks its gradient:"
     )
-    return _finding(
-        "vanishing_gradients",
-        "Vanishing gradient in a module",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, f"no-{first}" if first in switch else "lr-up", overrides),
-    )
+    return Advice(advice, train_command(f, f"no-{first}" if first in _SWITCH_OFF else "lr-up", overrides))
 
 
-@rule
-def dominated_loss(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_dominated_loss(f: Facts, th: Thresholds) -> Check:
     """One loss term takes more than ``dominated_share`` of the gradient at the heads' outputs."""
-    terms = [t for t in f.terms if finite(t.share_mean)]
-    top = max(terms, key=lambda t: t.share_mean, default=None)
-    fired = top is not None and top.share_mean > th["dominated_share"]
+    terms, top = _shares(f)
     if top is None:
-        return _finding(
-            "dominated_loss", "One loss term dominates", False, "warning", "no gradient shares logged"
-        )
+        return Check(False, "no gradient shares logged")
+    fired = top.share_mean > th["dominated_share"]
     shares = ", ".join(f"{t.name} {t.share_mean:.1%}" for t in terms)
     evidence = f"gradient share at the heads' outputs (mean over epochs): {shares}"
     if fired:
         evidence += f"; {top.name} at the last epoch: {top.share_last:.1%}"
+    return Check(fired, evidence)
+
+
+def _advise_dominated_loss(f: Facts, th: Thresholds) -> Advice:
+    _, top = _shares(f)
+    if top is None:  # the check fired on the top term, so there is one
+        raise ValueError("dominated_loss advised without a gradient share")
     s, target = top.share_mean, th["dominated_target_share"]
     # shares scale with the weights, so weight x k moves the share from s to k*s / (k*s + 1 - s)
     k = target * (1 - s) / ((1 - target) * s) if 0 < s < 1 else 0.1
@@ -446,19 +452,10 @@ def dominated_loss(f: Facts, th: dict[str, Any]) -> Finding:
         f"the others is the same fix); scaling {top.name}'s weight by {k:.2g} brings it to about "
         f"{target:.0%} of the gradient:"
     )
-    return _finding(
-        "dominated_loss",
-        "One loss term dominates",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, "rebalanced", overrides),
-    )
+    return Advice(advice, train_command(f, "rebalanced", overrides))
 
 
-@rule
-def lr_oscillation(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_lr_oscillation(f: Facts, th: Thresholds) -> Check:
     """The epoch-end learning rate changes direction ``lr_oscillation_sign_changes`` times or more."""
     lr = f.lr
     fired = lr.sign_changes >= th["lr_oscillation_sign_changes"]
@@ -466,6 +463,10 @@ def lr_oscillation(f: Facts, th: dict[str, Any]) -> Finding:
     evidence = f"lr per epoch: {shown or 'not logged'}; direction changes: {lr.sign_changes}"
     if f.grads.resumed:
         evidence += f"; the run was resumed {f.grads.resumed} time(s)"
+    return Check(fired, evidence)
+
+
+def _advise_lr_oscillation(f: Facts, th: Thresholds) -> Advice:
     advice = (
         "A schedule should warm up once and then only go down; a learning rate that rises again undoes "
         "the fine-tuning of the decay (a restarted schedule on resume, or a scheduler stepping on the "
@@ -473,21 +474,12 @@ def lr_oscillation(f: Facts, th: dict[str, Any]) -> Finding:
     )
     overrides = {
         "train.scheduler.name": "warmup_cosine",
-        "train.optimizer.lr": max(lr.values or [_lr(f)]) / 2,
+        "train.optimizer.lr": max(f.lr.values or [_lr(f)]) / 2,
     }
-    return _finding(
-        "lr_oscillation",
-        "Learning rate oscillates",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, "one-schedule", overrides),
-    )
+    return Advice(advice, train_command(f, "one-schedule", overrides))
 
 
-@rule
-def overfitting(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_overfitting(f: Facts, th: Thresholds) -> Check:
     """Train loss falls while val loss rises for ``overfit_streak`` epochs, or val sits far above train."""
     c = f.curve
     by_streak = c.overfit_streak >= th["overfit_streak"]
@@ -497,36 +489,30 @@ def overfitting(f: Facts, th: dict[str, Any]) -> Finding:
         and finite(c.val_above_best)
         and c.val_above_best > th["plateau_min_improvement"]
     )
-    fired = by_streak or by_gap
     evidence = (
         f"longest stretch of train loss falling while val loss rises: {c.overfit_streak} epoch(s)"
         + (f" (ending at epoch {c.overfit_streak_end})" if c.overfit_streak_end is not None else "")
         + f"; val loss at the last epoch {_pct(c.val_above_best)} vs its best (epoch {c.best_val_epoch}); "
         f"val - train gap {_pct(c.gap_rel)} of the best val loss"
     )
-    d, wd = f.cfg("model.dropout"), f.cfg("train.optimizer.weight_decay")
+    return Check(by_streak or by_gap, evidence)
+
+
+def _advise_overfitting(f: Facts, th: Thresholds) -> Advice:
+    dropout, weight_decay = f.config.model.dropout, f.config.train.optimizer.weight_decay
     overrides = {
-        "model.dropout": min(0.5, (float(d) if finite(d) else 0.1) + 0.1),
-        "train.optimizer.weight_decay": max(0.05, 5 * float(wd)) if finite(wd) else 0.05,
+        "model.dropout": min(0.5, float(dropout) + 0.1),
+        "train.optimizer.weight_decay": max(0.05, 5 * float(weight_decay)),
     }
     advice = (
         "The model keeps fitting the training days after it stopped generalizing. The best checkpoint "
         "predates it, so the delivered model is not harmed, but the epochs after are wasted and the "
         "capacity is spent on noise. Regularize harder:"
     )
-    return _finding(
-        "overfitting",
-        "Overfitting",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, "regularized", overrides),
-    )
+    return Advice(advice, train_command(f, "regularized", overrides))
 
 
-@rule
-def plateau(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_plateau(f: Facts, th: Thresholds) -> Check:
     """Val loss flat (within ``plateau_flat_change``) for ``plateau_epochs`` epochs after its last gain."""
     c = f.curve
     fired = (
@@ -536,47 +522,152 @@ def plateau(f: Facts, th: dict[str, Any]) -> Finding:
         and abs(c.plateau_change) <= th["plateau_flat_change"]
     )
     if c.plateau_epoch is None:
-        evidence = "no validation loss logged"
-    else:
-        evidence = (
-            f"val loss last improved by more than {th['plateau_min_improvement']:.1%} at epoch "
-            f"{c.plateau_epoch}; in the {c.epochs_since_improvement} epoch(s) since it changed by "
-            f"{_pct(c.plateau_change, 2)}"
-        )
-    patience = f.cfg("train.early_stopping.patience")
+        return Check(fired, "no validation loss logged")
+    evidence = (
+        f"val loss last improved by more than {th['plateau_min_improvement']:.1%} at epoch "
+        f"{c.plateau_epoch}; in the {c.epochs_since_improvement} epoch(s) since it changed by "
+        f"{_pct(c.plateau_change, 2)}"
+    )
+    return Check(fired, evidence)
+
+
+def _advise_plateau(f: Facts, th: Thresholds) -> Advice:
+    train = f.config.train
     overrides: dict[str, Any] = {}
     if f.lr.scheduler != "plateau":
         overrides.update({"train.scheduler.name": "plateau", "train.scheduler.plateau_patience": 2})
     else:  # the scheduler already cuts on a plateau: cut sooner, from a lower start
-        cut = f.cfg("train.scheduler.plateau_patience")
         overrides.update(
             {
-                "train.scheduler.plateau_patience": max(1, int(cut) - 1) if finite(cut) else 1,
+                "train.scheduler.plateau_patience": max(1, int(train.scheduler.plateau_patience) - 1),
                 "train.optimizer.lr": _lr(f) / 2,
             }
         )
-    if not finite(patience) or patience > 3:
+    if train.early_stopping.patience > 3:
         overrides["train.early_stopping.patience"] = 3
     advice = (
-        f"{c.epochs_since_improvement} epochs of compute bought nothing: the optimizer sits on a flat "
-        "stretch at this learning rate. Cut the learning rate when validation stalls and stop sooner "
+        f"{f.curve.epochs_since_improvement} epochs of compute bought nothing: the optimizer sits on a "
+        "flat stretch at this learning rate. Cut the learning rate when validation stalls and stop sooner "
         "(if the plateau is also at a poor level, the model or the loss is the limit, not the epochs):"
     )
-    return _finding(
-        "plateau",
-        "Validation plateau",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, "plateau-lr", overrides),
-    )
+    return Advice(advice, train_command(f, "plateau-lr", overrides))
 
 
-@rule
-def rmse_worse_than_naive(f: Facts, th: dict[str, Any]) -> Finding:
+def _check_rmse_worse_than_naive(f: Facts, th: Thresholds) -> Check:
     """The point forecast's RMSE is above that of always predicting 0, at any horizon."""
-    split = f.headline_split
+    parts, worse, _ = _rmse_ratios(f, th)
+    evidence = f"RMSE / naive RMSE (always 0) on {f.headline_split}: " + ("; ".join(parts) or "n/a")
+    return Check(bool(worse), evidence)
+
+
+def _advise_rmse_worse_than_naive(f: Facts, th: Thresholds) -> Advice:
+    _, worse, ics = _rmse_ratios(f, th)
+    loss = f.config.loss
+    floor = loss.scale_floor
+    best_ic = max(ics, default=0.0)
+    target = max(th["collapse_scale"], float(f"{best_ic:.1g}") if best_ic > 0 else 0.0)
+    advice = (
+        f"At {', '.join(f'{h}d' for h in worse)} the forecasts are worse than predicting no move. The "
+        "ranking is not the problem: with IC rho the RMSE-optimal spread is about rho, and a spread "
+        "beyond 2 rho loses to zero. If the forecasts are only ranked this costs nothing; if their size "
+        "is used (sizing, expected-return inputs), "
+    )
+    if floor > target:
+        advice += (
+            f"lower the variance floor, which holds the spread near loss.scale_floor={floor}, towards the "
+            "IC while staying above the collapse line:"
+        )
+        overrides: dict[str, Any] = {"loss.scale_floor": target}
+    else:
+        w = float(loss.weights.huber)
+        advice += (
+            "give the regression term, the one that pulls the spread towards the IC, more say against "
+            "the scale-free ranking terms:"
+        )
+        overrides = {"loss.weights.huber": 3 * w if w > 0 else 1.0}
+    return Advice(advice, train_command(f, "calibrated", overrides))
+
+
+def _check_graph_adds_nothing(f: Facts, th: Thresholds) -> Check:
+    """The fusion gate learned to shut the graph out: gate mean under ``gate_min_mean``."""
+    if not f.graph_enabled:
+        return Check(False, "the graph is switched off in this run (model.graph.mode / model.gat.enabled)")
+    g = f.gate_mean
+    first = next((v for v in f.gate_series if finite(v)), math.nan)
+    evidence = (
+        f"fusion gate mean at the last epoch {_f(g)} (std {_f(f.gate_std)}; first epoch {_f(first)})"
+        if finite(g)
+        else "no gate statistics logged"
+    )
+    return Check(finite(g) and g < th["gate_min_mean"], evidence)
+
+
+def _advise_graph_adds_nothing(f: Facts, th: Thresholds) -> Advice:
+    advice = (
+        "The fusion gate has closed: the model adds almost none of the GAT's output to each stock's "
+        "embedding, so the graph costs compute (graph building, attention) and brings no information at "
+        "this setting. Confirm with an ablation; if RankIC holds, train without it:"
+    )
+    return Advice(advice, train_command(f, "no-graph", {"model.graph.mode": "none"}))
+
+
+# ------------------------------------------------------------------------------------------------------
+# the table, in priority order
+# ------------------------------------------------------------------------------------------------------
+
+# fmt: off
+RULES: tuple[Rule, ...] = (
+    #    name, title, usual severity
+    #    check, advice
+    Rule("no_epochs",             "No epoch logged",                "critical",
+         _check_no_epochs, _advise_no_epochs),
+    Rule("non_finite",            "Non-finite loss or gradient",    "critical",
+         _check_non_finite, _advise_non_finite),
+    Rule("collapse",              "Collapsed predictions",          "critical",
+         _check_collapse, _advise_collapse),
+    Rule("negative_ic",           "Negative IC at every horizon",   "critical",
+         _check_negative_ic, _advise_negative_ic),
+    # critical for a guard problem, warning when market features only never change (the check says)
+    Rule("dead_features",         "Dead or constant features",      "critical",
+         _check_dead_features, _advise_dead_features),
+    # warning for repeated spikes, info for a single one (the check says)
+    Rule("exploding_gradients",   "Exploding gradient in a module", "warning",
+         _check_exploding_gradients, _advise_exploding_gradients),
+    Rule("vanishing_gradients",   "Vanishing gradient in a module", "warning",
+         _check_vanishing_gradients, _advise_vanishing_gradients),
+    Rule("dominated_loss",        "One loss term dominates",        "warning",
+         _check_dominated_loss, _advise_dominated_loss),
+    Rule("lr_oscillation",        "Learning rate oscillates",       "warning",
+         _check_lr_oscillation, _advise_lr_oscillation),
+    Rule("overfitting",           "Overfitting",                    "warning",
+         _check_overfitting, _advise_overfitting),
+    Rule("plateau",               "Validation plateau",             "warning",
+         _check_plateau, _advise_plateau),
+    Rule("rmse_worse_than_naive", "RMSE worse than naive",          "warning",
+         _check_rmse_worse_than_naive, _advise_rmse_worse_than_naive),
+    Rule("graph_adds_nothing",    "Graph adds nothing",             "info",
+         _check_graph_adds_nothing, _advise_graph_adds_nothing),
+)
+# fmt: on
+
+
+# ------------------------------------------------------------------------------------------------------
+# what several rules measure the same way
+# ------------------------------------------------------------------------------------------------------
+
+
+def _valid_rankic(f: Facts) -> dict[int, float]:
+    return {h: f.valid.get(f"rankic_{h}d", math.nan) for h in f.horizons}
+
+
+def _shares(f: Facts) -> tuple[list[TermFacts], TermFacts | None]:
+    """The loss terms with a logged gradient share, and the one with the largest (None when none)."""
+    terms = [t for t in f.terms if finite(t.share_mean)]
+    return terms, max(terms, key=lambda t: t.share_mean, default=None)
+
+
+def _rmse_ratios(f: Facts, th: Thresholds) -> tuple[list[str], list[int], list[float]]:
+    """Per horizon: the RMSE / naive RMSE text, the horizons above ``rmse_naive_ratio``, and the ICs."""
     parts, worse, ics = [], [], []
     for h in f.horizons:
         rmse, naive = f.headline("rmse", h), f.headline("naive_rmse", h)
@@ -594,87 +685,7 @@ def rmse_worse_than_naive(f: Facts, th: dict[str, Any]) -> Finding:
         parts.append(text)
         if ratio > th["rmse_naive_ratio"]:
             worse.append(h)
-    fired = bool(worse)
-    evidence = f"RMSE / naive RMSE (always 0) on {split}: " + ("; ".join(parts) or "n/a")
-    floor = f.cfg("loss.scale_floor")
-    best_ic = max(ics, default=0.0)
-    target = max(th["collapse_scale"], float(f"{best_ic:.1g}") if best_ic > 0 else 0.0)
-    advice = (
-        f"At {', '.join(f'{h}d' for h in worse)} the forecasts are worse than predicting no move. The "
-        "ranking is not the problem: with IC rho the RMSE-optimal spread is about rho, and a spread "
-        "beyond 2 rho loses to zero. If the forecasts are only ranked this costs nothing; if their size "
-        "is used (sizing, expected-return inputs), "
-    )
-    if finite(floor) and floor > target:
-        advice += (
-            f"lower the variance floor, which holds the spread near loss.scale_floor={floor}, towards the "
-            "IC while staying above the collapse line:"
-        )
-        overrides: dict[str, Any] = {"loss.scale_floor": target}
-    else:
-        w = f.cfg("loss.weights.huber")
-        advice += (
-            "give the regression term, the one that pulls the spread towards the IC, more say against "
-            "the scale-free ranking terms:"
-        )
-        overrides = {"loss.weights.huber": 3 * float(w) if finite(w) and w > 0 else 1.0}
-    return _finding(
-        "rmse_worse_than_naive",
-        "RMSE worse than naive",
-        fired,
-        "warning",
-        evidence,
-        advice,
-        train_command(f, "calibrated", overrides),
-    )
-
-
-@rule
-def graph_adds_nothing(f: Facts, th: dict[str, Any]) -> Finding:
-    """The fusion gate learned to shut the graph out: gate mean under ``gate_min_mean``."""
-    if not f.graph_enabled:
-        return _finding(
-            "graph_adds_nothing",
-            "Graph adds nothing",
-            False,
-            "info",
-            "the graph is switched off in this run (model.graph.mode / model.gat.enabled)",
-        )
-    g = f.gate_mean
-    fired = finite(g) and g < th["gate_min_mean"]
-    first = next((v for v in f.gate_series if finite(v)), math.nan)
-    evidence = (
-        f"fusion gate mean at the last epoch {_f(g)} (std {_f(f.gate_std)}; first epoch {_f(first)})"
-        if finite(g)
-        else "no gate statistics logged"
-    )
-    advice = (
-        "The fusion gate has closed: the model adds almost none of the GAT's output to each stock's "
-        "embedding, so the graph costs compute (graph building, attention) and brings no information at "
-        "this setting. Confirm with an ablation; if RankIC holds, train without it:"
-    )
-    return _finding(
-        "graph_adds_nothing",
-        "Graph adds nothing",
-        fired,
-        "info",
-        evidence,
-        advice,
-        train_command(f, "no-graph", {"model.graph.mode": "none"}),
-    )
-
-
-def healthy_recommendation(facts: Facts) -> tuple[str, str]:
-    """What to do after a healthy run: measure the seed noise before trusting the next comparison."""
-    seed = facts.cfg("train.seed")
-    new_seed = int(seed) + 1 if finite(seed) else 1
-    command = train_command(facts, f"seed{new_seed}", {"train.seed": new_seed})
-    return (
-        "No rule fired. Keep this run as the baseline; before reading anything into the next change, "
-        "rerun it with another seed: the RankIC difference between two seeds is the smallest effect any "
-        "comparison can claim.",
-        command,
-    )
+    return parts, worse, ics
 
 
 def _last(f: Facts, column: str) -> float:
@@ -682,6 +693,18 @@ def _last(f: Facts, column: str) -> float:
         return math.nan
     values = [v for v in f.metrics[column].to_list() if v is not None and math.isfinite(v)]
     return values[-1] if values else math.nan
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return fmt(x, f".{digits}f")
+
+
+def _g(x: float) -> str:
+    return fmt(x, ".2g")
+
+
+def _per_h(values: dict[int, float], digits: int = 3) -> str:
+    return ", ".join(f"{h}d {_f(v, digits)}" for h, v in values.items())
 
 
 def _pct(x: float, digits: int = 1) -> str:

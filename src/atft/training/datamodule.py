@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from atft.config import DataConfig
 from atft.data.splits import Split
 from atft.features.panel import DayPanel, empty_float32
 
@@ -54,7 +55,7 @@ class DayDataset(Dataset):
         start: DateLike | None = None,
         end: DateLike | None = None,
         *,
-        lookback: int = 60,
+        lookback: int = DataConfig.lookback,
         min_stocks: int = 20,
         label_cutoff: int | DateLike | None = None,
         exclude: np.ndarray | None = None,
@@ -245,7 +246,7 @@ class DayDataModule(L.LightningDataModule):
         self,
         dataset_dir: str | Path | DayPanel,
         *,
-        lookback: int = 60,
+        lookback: int = DataConfig.lookback,
         days_per_batch: int = 4,
         min_stocks: int = 20,
         train: DateRange | None = None,

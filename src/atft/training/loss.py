@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from atft.config.schema import LossConfig
+
 # The term names, in the order they are computed and reported; they are also the ``loss.weights`` keys.
 TERMS = (
     "huber",
@@ -185,7 +187,7 @@ class MultiHorizonLoss(nn.Module):
     portfolio weight and the calendar day it was made on; it is updated after each forward in training mode.
     """
 
-    def __init__(self, horizons: list[int], quantiles: list[float], cfg: Any) -> None:
+    def __init__(self, horizons: list[int], quantiles: list[float], cfg: LossConfig) -> None:
         super().__init__()
         self.horizons = list(horizons)
         self.quantile_levels = [float(q) for q in quantiles]
