@@ -267,12 +267,12 @@ def test_removed_eval_keys_are_unknown(tmp_path, token, yaml_text):
     assert f"Unknown config key '{key}'" in message and str(path) in message
 
 
-@pytest.mark.parametrize("name", ["apex_ranker", "mlp", "lightgbm", "ATFT_GAT_FAN"])
+@pytest.mark.parametrize("name", ["apex_ranker", "mlp", "lightgbm", "ATFT_GAT_FAN", "APEX"])
 def test_model_name_accepts_only_models_that_exist(name):
     message = error_of(None, [f"model.name={name}"])
     assert message.startswith(f"model.name (from override 'model.name={name}')")
     assert f"{name!r} is not an available model" in message
-    assert "the models that exist are 'atft_gat_fan'" in message
+    assert "the models that exist are 'atft_gat_fan', 'apex'" in message
     assert "train" not in message.split(":", 1)[1]  # no other key is blamed
 
 
@@ -280,6 +280,48 @@ def test_model_name_default_spelling_loads():
     resolved = load_config(None, ["model.name=atft_gat_fan"], env={})
     assert resolved.cfg.model.name == "atft_gat_fan"
     assert resolved.sources == {}  # the default
+
+
+def test_model_name_apex_and_its_section():
+    resolved = load_config(None, ["model.name=apex", "model.apex.d_model=48", "model.apex.stride=4"], env={})
+    apex = resolved.cfg.model.apex
+    assert resolved.cfg.model.name == "apex"
+    assert (apex.patch_len, apex.stride, apex.d_model, apex.n_layers, apex.n_heads) == (5, 4, 48, 2, 4)
+    assert resolved.sources == dict.fromkeys(["model.name", "model.apex.d_model", "model.apex.stride"], "cli")
+
+
+@pytest.mark.parametrize(
+    ("token", "allowed"),
+    [
+        ("model.apex.patch_len=0", ">= 1"),
+        ("model.apex.stride=0", ">= 1"),
+        ("model.apex.d_model=4", ">= 8"),
+        ("model.apex.n_layers=0", ">= 1"),
+        ("model.apex.n_heads=0", ">= 1"),
+        ("model.apex.dropout=1", "< 1"),
+        ("model.apex.max_patches=0", ">= 1"),
+    ],
+)
+def test_apex_sizes_are_range_checked(token, allowed):
+    message = error_of(None, [token])
+    assert message.startswith(f"{token.split('=')[0]} (from override {token!r})")
+    assert "out of range" in message and allowed in message
+
+
+def test_apex_preset_selects_apex_and_a_ranking_objective():
+    resolved = load_config("apex", env={})
+    cfg = resolved.cfg
+    assert cfg.model.name == "apex" and cfg.model.head.variant == "apex"
+    assert resolved.sources["model.name"] == "preset:apex"
+    w = cfg.loss.weights
+    assert cfg.loss.listnet.enabled and w.listnet > 0 and w.ranknet > 0
+    assert 0 < w.huber
+    assert w.rankic == w.cs_ic == w.sharpe == 0  # the other ranking terms are off
+    # the CPU training settings of cpu.yaml, restated (a preset cannot build on another)
+    cpu = load_config("cpu", env={}).cfg
+    for key in ("data.lookback", "train.max_epochs", "train.optimizer.lr", "train.optimizer.weight_decay",
+                "train.scheduler.warmup_epochs", "train.early_stopping.patience", "train.trainer.precision"):  # fmt: skip
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(cpu, key), key
 
 
 def test_horizon_weights_must_match_horizons():

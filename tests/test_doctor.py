@@ -8,6 +8,7 @@ checks the doctor's status and fired rules.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import math
 import re
@@ -15,10 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 import pytest
 import yaml
 
 from atft.config import load_config
+from atft.evaluation.backtest import performance_summary
 from atft.reporting.doctor import diagnose, diagnose_run
 from atft.reporting.facts import SEVERITIES
 from atft.reporting.report import SECTION_TITLES
@@ -513,3 +517,155 @@ def test_a_damaged_summary_is_a_note(tmp_path):
 def test_rules_are_one_table():
     assert len({r.name for r in RULES}) == len(RULES)
     assert all(r.severity in SEVERITIES and callable(r.check) and callable(r.advise) for r in RULES)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the test period's tear sheet (section 9)
+# ------------------------------------------------------------------------------------------------------
+
+TEAR_PLOTS = {"test_rankic", "test_deciles", "test_book"}
+
+
+def write_evaluation(run: Path, days: int = 150, seed: int = 0) -> dict[str, Any]:
+    """``atft evaluate``'s eval/per_day.parquet and eval/metrics.json for ``days`` test days, as written."""
+    rng = np.random.default_rng(seed)
+    dates = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(days)]
+    rankic = {h: rng.normal(0.04, 0.06, days) for h in HORIZONS}
+    rows = []
+    for h in HORIZONS:
+        for i, day in enumerate(dates):
+            # a day without a value: the last h days have no label; 20d also misses some mid-period days
+            missing = (h != 5 and i >= days - h) or (h == 20 and 70 <= i < 100)
+            rows.append({"date": day, "horizon": h, "ic": 0.0, "rankic": None if missing else rankic[h][i]})
+    (run / "eval").mkdir(exist_ok=True)
+    pl.DataFrame(rows, schema_overrides={"horizon": pl.Int32}).write_parquet(run / "eval" / "per_day.parquet")
+    metrics: dict[str, Any] = {
+        f"{h}d": {
+            "rankic": float(np.mean(rankic[h])),
+            "scale": 0.06,
+            "sharpe": 1.25 + h,
+            "decile_mean_label": [float(x) for x in np.sort(rng.normal(0.0, 0.001 * h, 10))],
+        }
+        for h in HORIZONS
+    }
+    metrics["settings"] = {"cost_bps": 5.0, "quantile": 0.2}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    return {"dates": dates, "rankic": rankic, "metrics": metrics}
+
+
+def write_backtest(run: Path, horizon: int = 5, days: int = 150, seed: int = 1) -> np.ndarray:
+    """``atft backtest``'s backtest/long_short_<h>d/ (daily.parquet, summary.json); returns the net series."""
+    rng = np.random.default_rng(seed)
+    net = rng.normal(0.0006, 0.004, days)
+    net[0] = -0.01  # a loss on the first day is a drawdown from the starting wealth of 1
+    out = run / "backtest" / f"long_short_{horizon}d"
+    out.mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "date": [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(days)],
+            "gross": net + 0.0002,
+            "net": net,
+            "turnover": np.full(days, 0.4),
+            "cost": np.full(days, 0.0002),
+            "n_long": np.full(days, 20),
+            "n_short": np.full(days, 20),
+        }
+    ).write_parquet(out / "daily.parquet")
+    record = {
+        "split": "test",
+        "horizon": horizon,
+        "params": {"strategy": "long_short", "quantile": 0.2, "holding_days": horizon, "cost_bps": 5.0},
+        "summary": performance_summary(net) | {"mean_turnover": 0.4},
+    }
+    (out / "summary.json").write_text(json.dumps(record))
+    return net
+
+
+def test_test_period_tear_sheet(tmp_path):
+    run = make_run(tmp_path)
+    written = write_evaluation(run)
+    net = write_backtest(run)
+    d = diagnose_run(run, html=True)
+    ts = d.facts.tear_sheet
+    assert ts.horizon == 5 and ts.window == 63 and ts.notes == []
+    assert ts.dates == written["dates"]
+
+    # 1. the daily RankIC and its 63-day rolling mean, against polars
+    assert ts.rankic[5] == pytest.approx(list(written["rankic"][5]))
+    reference = pl.Series(written["rankic"][5]).rolling_mean(63).to_numpy()
+    np.testing.assert_allclose(ts.rolling[5], reference, rtol=1e-12, equal_nan=True)
+    assert all(math.isnan(v) for v in ts.rolling[5][:62]) and math.isfinite(ts.rolling[5][62])
+    # days without a value: the mean of those present, where at least half the window has one
+    with_gaps = pl.Series([None if math.isnan(v) else v for v in ts.rankic[20]], dtype=pl.Float64)
+    reference = with_gaps.rolling_mean(63, min_samples=32).to_numpy()
+    reference[:62] = np.nan
+    np.testing.assert_allclose(ts.rolling[20], reference, rtol=1e-12, equal_nan=True)
+    assert np.isnan(ts.rankic[20][80]) and np.isfinite(ts.rolling[20][80])
+
+    # 2. the decile bars are metrics.json's decile_mean_label
+    assert ts.deciles == {h: written["metrics"][f"{h}d"]["decile_mean_label"] for h in HORIZONS}
+
+    # 3. the book's cumulative net return and drawdown (the wealth starts at 1, as the summary's max_drawdown)
+    wealth = np.cumprod(1.0 + net)
+    np.testing.assert_allclose(ts.cumulative, wealth - 1.0, rtol=1e-12)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], wealth]))[1:]
+    np.testing.assert_allclose(ts.drawdown, wealth / peak - 1.0, rtol=1e-12, atol=1e-15)
+    assert ts.drawdown[0] == pytest.approx(-0.01)
+    assert min(ts.drawdown) == pytest.approx(performance_summary(net)["max_drawdown"])
+    assert ts.book == "long_short_5d" and ts.holding_days == 5
+
+    assert TEAR_PLOTS <= set(d.plots)
+    text = (run / "report.md").read_text()
+    assert "## 9. Test period" in text
+    for name in TEAR_PLOTS:
+        assert (run / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(report/{name}.png)" in text
+    section = text.split("## 9. Test period")[1]
+    assert f"| **5d** | {np.mean(written['rankic'][5]):.4f} |" in section
+    page = (run / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == len(d.plots)
+
+
+def test_the_two_sharpe_ratios_are_labelled_apart(tmp_path):
+    run = make_run(tmp_path)
+    write_evaluation(run)
+    net = write_backtest(run)
+    diagnose_run(run)
+    text = (run / "report.md").read_text()
+    book = f"book Sharpe (5d staggered) {performance_summary(net)['sharpe']:.2f}"
+    assert book in text  # the summary's line on the backtest
+    assert "| daily L/S Sharpe (test) |" in text and "| 6.25 |" in text  # the evaluation's sharpe_5d
+    assert "| book Sharpe (5d staggered) |" in text
+    assert "net Sharpe" not in text  # no unlabelled Sharpe left
+
+
+def test_a_run_without_evaluation_gets_the_note(tmp_path):
+    run = make_run(tmp_path)
+    d = diagnose_run(run, html=True)
+    assert not d.facts.tear_sheet.evaluated and d.facts.tear_sheet.book is None
+    assert not TEAR_PLOTS & set(d.plots)
+    section = (run / "report.md").read_text().split("## 9. Test period")[1]
+    assert f"run `atft evaluate {run}` for the test-period tear sheet" in section
+    assert f"`atft backtest {run}`" in section
+
+
+def test_the_tear_sheet_uses_the_backtest_that_exists_and_survives_damage(tmp_path):
+    run = make_run(tmp_path / "other")
+    write_evaluation(run)
+    write_backtest(run, horizon=10)
+    d = diagnose_run(run)
+    assert d.facts.tear_sheet.book == "long_short_10d" and "test_book" in d.plots
+    assert "book Sharpe (10d staggered)" in (run / "report.md").read_text()
+
+    run = make_run(tmp_path / "none")
+    write_evaluation(run)
+    d = diagnose_run(run)
+    assert {"test_rankic", "test_deciles"} <= set(d.plots) and "test_book" not in d.plots
+    assert any(f"`atft backtest {run}`" in n for n in d.facts.tear_sheet.notes)
+
+    run = make_run(tmp_path / "damaged")
+    write_evaluation(run)
+    (run / "eval" / "per_day.parquet").write_bytes(b"not parquet")
+    d = diagnose_run(run)
+    assert any("per_day.parquet is damaged" in n for n in d.facts.notes)
+    assert "test_deciles" in d.plots and "test_rankic" not in d.plots

@@ -13,6 +13,7 @@ from scipy import stats
 
 from atft.evaluation.evaluate import evaluate_predictions
 from atft.evaluation.metrics import horizon_metrics
+from atft.evaluation.stats import newey_west_tstat
 from atft.training.run_folder import RunFolder
 
 HORIZONS = (1, 5)
@@ -115,6 +116,29 @@ def test_rankic_tstat_matches_scipy(preds, result, h):
     expected = stats.ttest_1samp(daily, 0.0).statistic
     assert result.metrics[f"{h}d"]["rankic_tstat"] == pytest.approx(expected, rel=1e-10)
     assert result.metrics[f"{h}d"]["rankic"] == pytest.approx(np.mean(daily), abs=1e-12)
+
+
+@pytest.mark.parametrize("h", HORIZONS)
+def test_rankic_nw_tstat_is_newey_west_of_the_daily_rankic(preds, result, h):
+    daily = slow_rankics(preds, h)
+    days = sorted(daily)
+    expected = newey_west_tstat([daily[d] for d in days], lags=h - 1)
+    m = result.metrics[f"{h}d"]
+    assert m["rankic_nw_tstat"] == pytest.approx(expected, rel=1e-10)
+    on_days = result.per_day.filter(pl.col("horizon") == h).sort("date")
+    assert m["rankic_nw_tstat"] == newey_west_tstat(on_days["rankic"], h - 1)  # nulls dropped, in date order
+    assert list(m).index("rankic_nw_tstat") == list(m).index("rankic_tstat") + 1
+    if h == 1:  # no overlap, no lag: the plain t-statistic with variance over n instead of n - 1
+        n = len(days)
+        assert m["rankic_nw_tstat"] * math.sqrt((n - 1) / n) == pytest.approx(m["rankic_tstat"], rel=1e-10)
+
+
+def test_rankic_nw_tstat_in_metrics_json(tmp_path, preds, result):
+    loaded = json.loads(
+        RunFolder(tmp_path).write_evaluation(result, preds).joinpath("metrics.json").read_text()
+    )
+    for h in HORIZONS:
+        assert loaded[f"{h}d"]["rankic_nw_tstat"] == result.metrics[f"{h}d"]["rankic_nw_tstat"]
 
 
 @pytest.mark.parametrize("h", HORIZONS)

@@ -152,6 +152,22 @@ def ref_eligible(x, y, end, lookback, cutoff=None):
     return out
 
 
+def ref_served(x, lookback):
+    """{day: [stocks]} with a full finite window: the day's universe, decided by the past alone."""
+    out = {}
+    for d in range(N_DAYS):
+        out[d] = [
+            s
+            for s in range(6)
+            if d >= lookback - 1
+            and all(
+                (s, t) in x and all(math.isfinite(v) for v in x[(s, t)])
+                for t in range(d - lookback + 1, d + 1)
+            )
+        ]
+    return out
+
+
 # ---- the panel ---------------------------------------------------------------------------------------------
 
 
@@ -227,7 +243,7 @@ def test_only_requested_columns_and_flags_as_features(dataset):
 def test_day_windows_labels_and_masks(dataset, panel):
     _, features, labels = dataset
     x, y, end = ref_arrays(features, labels)
-    ref = ref_eligible(x, y, end, L)
+    ref = ref_served(x, L)
     data = DayDataset(panel, lookback=L, min_stocks=1)
     assert [int(d) for d in data.day_index] == [d for d in range(N_DAYS) if ref[d]]
     for i in range(len(data)):
@@ -243,7 +259,7 @@ def test_day_windows_labels_and_masks(dataset, panel):
                 item["x"][n].numpy(), np.float32([x[(s, t)] for t in range(d - L + 1, d + 1)])
             )
             for h in range(2):
-                label = y[(s, d)][h]
+                label = y.get((s, d), [math.nan] * 2)[h]
                 assert item["y_mask"][n, h].item() == math.isfinite(label)
                 assert item["y"][n, h].item() == (np.float32(label) if math.isfinite(label) else 0.0)
         assert torch.isfinite(item["y"]).all()
@@ -251,13 +267,14 @@ def test_day_windows_labels_and_masks(dataset, panel):
 
 def test_days_dropped_and_counted(panel):
     data = DayDataset(panel, lookback=L, min_stocks=5)
-    eligible = panel.eligible(L).sum(0)
+    eligible = panel.full_windows(L).sum(0)
     kept = [d for d in range(L - 1, N_DAYS) if eligible[d] >= 5]
     assert data.day_index.tolist() == kept
     assert data.dropped_reasons == {
         "embargo": 0,
         "before_first_full_window": L - 1,
         "too_few_stocks": N_DAYS - (L - 1) - len(kept),
+        "no_labels": 0,
     }
     assert data.dropped_days == N_DAYS - len(kept) and data.dropped_reasons["too_few_stocks"] > 0
     assert data.stock_windows == int(eligible[kept].sum())
@@ -270,7 +287,7 @@ def test_label_cutoff_masks_and_counts(dataset, panel):
     _, features, labels = dataset
     x, y, end = ref_arrays(features, labels)
     cutoff = 24
-    ref = ref_eligible(x, y, end, L, cutoff=cutoff)
+    ref = ref_served(x, L)
     by_index = DayDataset(panel, end=CALENDAR[cutoff], lookback=L, min_stocks=1, label_cutoff=cutoff)
     by_date = DayDataset(
         panel, end=CALENDAR[cutoff], lookback=L, min_stocks=1, label_cutoff=str(CALENDAR[cutoff])
@@ -284,7 +301,9 @@ def test_label_cutoff_masks_and_counts(dataset, panel):
         assert item["stock_id"].tolist() == ref[d]
         for n, s in enumerate(ref[d]):
             for h in range(2):
-                usable = math.isfinite(y[(s, d)][h]) and end[(s, d)][h] <= cutoff
+                usable = (
+                    math.isfinite(y.get((s, d), [math.nan] * 2)[h]) and end.get((s, d), [-1] * 2)[h] <= cutoff
+                )
                 assert item["y_mask"][n, h].item() == usable
                 assert usable or item["y"][n, h].item() == 0.0
     for d in range(cutoff + 1):  # reference count over the stocks with a full window
@@ -298,11 +317,23 @@ def test_label_cutoff_masks_and_counts(dataset, panel):
                 )
     assert by_index.masked_labels == masked > 0
     # stock 2 misses day 20, so its 1-day label on day 19 ends on day 21: past a cutoff of 20, though a purge
-    # of one calendar day would keep it. With no label left, it is not eligible on day 19.
+    # of one calendar day would keep it. With no label left it is still in day 19's universe (eligibility
+    # reads only the past), but every one of its labels is masked: it leaves the loss and the metrics only.
     assert panel.eligible(L)[2, 19] and panel.label_end[2, 19, 0] == 21
     at_20 = DayDataset(panel, end=CALENDAR[20], lookback=L, min_stocks=1, label_cutoff=20)
     item = at_20[at_20.day_index.tolist().index(19)]
-    assert 2 not in item["stock_id"].tolist() and 0 in item["stock_id"].tolist()
+    row = item["stock_id"].tolist().index(2)
+    assert 0 in item["stock_id"].tolist() and not item["y_mask"][row].any()
+    # Training drops a day only when no stock on it has a usable label; evaluation serves it.
+    train = DayDataset(
+        panel, end=CALENDAR[20], lookback=L, min_stocks=1, label_cutoff=20, require_labels=True
+    )
+    served = set(at_20.day_index.tolist())
+    assert set(train.day_index.tolist()) <= served and train.dropped_reasons["no_labels"] == len(
+        served
+    ) - len(train)
+    for i in range(len(train)):
+        assert train[i]["y_mask"].any()
 
 
 def test_collate_shapes_and_day_ptr(panel):
@@ -364,7 +395,9 @@ def test_datamodule_loaders_iterate_in_the_right_order(dataset):
     for loader in (train, valid, test):
         for batch in loader:
             assert batch["x"].shape[1:] == (L, 3) and len(batch["dates"]) <= 3
-            assert not batch["y_mask"].sum(1).eq(0).any()  # every row has a usable label
+            if loader is train:  # every training day teaches something (a row may lack labels)
+                for k in range(len(batch["dates"])):
+                    assert batch["y_mask"][batch["day_ptr"][k] : batch["day_ptr"][k + 1]].any()
     assert sorted(train_days) == [str(d) for d in module.panel.dates[module.datasets["train"].day_index]]
     assert train_days != sorted(train_days)  # shuffled
     again = make_module(module.panel)

@@ -3,6 +3,7 @@ checkpointed can be started again, Ctrl-C exits 130, and --resume refuses what i
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,23 @@ def test_the_run_folder_names_every_file_once(finished_run):
         folder.eval_dir("tset")
     assert isinstance(folder.load_checkpoint(folder.last_checkpoint)["state_dict"], dict)
     assert torch.load(folder.last_checkpoint, map_location="cpu", weights_only=False)["epoch"] == 0
+
+
+# ---- every fold ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_with_several_folds_trains_and_reports_every_fold(tiny_dataset, tmp_path):
+    args = ["train", "--data-path", str(tiny_dataset), "--run-name", "cv", *ONE_EPOCH]
+    result = runner.invoke(app, [*args, f"train.runs_dir={tmp_path}", "data.split.n_folds=2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    assert record["n_folds"] == 2 and len(record["folds"]) == 2
+    tests = [RunFolder(tmp_path / "cv" / f"fold_{k}").read_summary()["split"]["test"] for k in (0, 1)]
+    assert tests[0][1] < tests[1][0]  # fold 0 is scored on an earlier block than fold 1
+    assert RunFolder(tmp_path / "cv" / "fold_0").fold() == 0
+    r5 = [s["test_metrics"]["rankic_5d"] for s in record["folds"]]
+    assert record["mean_test_metrics"]["rankic_5d"] == pytest.approx(sum(r5) / 2)
+    assert "mean" in result.output and "fold_<k>" in result.output
+    again = runner.invoke(app, [*args, f"train.runs_dir={tmp_path}", "data.split.n_folds=2"])
+    assert again.exit_code == 2 and "already holds a run" in again.output

@@ -6,8 +6,10 @@ import typer
 
 from atft.cli import config as config_cli
 from atft.cli import data as data_cli
+from atft.cli.compare import compare
 from atft.cli.demo import demo
 from atft.cli.evaluate import backtest, diagnose, evaluate
+from atft.cli.rolling import rolling
 from atft.cli.train import train
 
 app = typer.Typer(
@@ -22,6 +24,8 @@ app.command()(train)
 app.command()(evaluate)
 app.command()(backtest)
 app.command()(diagnose)
+app.command()(compare)
+app.command()(rolling)
 app.command(help="Run the main job on the built-in synthetic market and print where the results are.")(demo)
 
 

@@ -77,7 +77,7 @@ def _print_run(run: DemoRun, dataset: Path) -> None:
     s, cfg = run.trade.summary, run.cfg
     console.print(
         f"Backtest (atft backtest): long-short top/bottom {cfg.eval.quantile:.0%} on the 5-day forecasts, "
-        f"5 staggered books, {cfg.eval.cost_bps:g} bps per side: net Sharpe {s['sharpe']:.2f}, "
+        f"5 staggered books, {cfg.eval.cost_bps:g} bps per side: book Sharpe (net) {s['sharpe']:.2f}, "
         f"annual return {s['annual_return']:.1%}, max drawdown {s['max_drawdown']:.1%}, "
         f"daily turnover {s['mean_turnover']:.0%}",
         highlight=False,

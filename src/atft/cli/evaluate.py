@@ -28,10 +28,11 @@ def evaluate(
 
 
 def evaluation_table(metrics: dict, *, title: str) -> Table:
-    """Per horizon: RankIC with its t-statistic, IC, SCALE, the net long-short Sharpe, and the oracle's RankIC
-    with the share of it captured (synthetic data)."""
+    """Per horizon: RankIC with its plain and Newey-West t-statistics, IC, SCALE, the daily-rebalanced net
+    long-short quintile Sharpe (not the backtest's book Sharpe), and the oracle's RankIC with the share of it
+    captured (synthetic data)."""
     table = Table(title=title)
-    columns = ("h", "RankIC", "t", "IC", "SCALE", "Sharpe", "oracle", "capture")
+    columns = ("h", "RankIC", "t", "NW t", "IC", "SCALE", "daily L/S Sharpe", "oracle", "capture")
     for column in columns:
         table.add_column(column, justify="right")
     for key, m in metrics.items():
@@ -44,6 +45,7 @@ def evaluation_table(metrics: dict, *, title: str) -> Table:
                 for name, spec in (
                     ("rankic", ".4f"),
                     ("rankic_tstat", ".1f"),
+                    ("rankic_nw_tstat", ".1f"),
                     ("ic", ".4f"),
                     ("scale", ".3f"),
                     ("sharpe", ".2f"),
@@ -93,7 +95,7 @@ def backtest(
         title=f"{strategy} {leg}, {horizon}d forecasts held {p['holding_days']} day(s), "
         f"{p['cost_bps']:g} bps per side ({split} segment)"
     )
-    for column in ("series", "ann. return", "ann. vol", "Sharpe", "Sortino", "max DD", "Calmar", "hit rate"):
+    for column in ("series", "ann. return", "ann. vol", "book Sharpe", "Sortino", "max DD", "Calmar", "hit rate"):
         table.add_column(column, justify="right")
     series = [("net", ""), ("gross", "gross_")]
     if strategy == "long_only":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from atft.cli.ui import PRESET, console, say, user_errors
 from atft.config import DEFAULT_PRESET, load_config
@@ -35,7 +36,12 @@ def train(
     ),
 ) -> None:
     """Train a model; writes config, metrics.csv, events.jsonl, train.log, checkpoints and predictions."""
-    from atft.workflow.train import new_run_dir, resume_config, train_run  # torch loads only when needed
+    from atft.workflow.train import (  # torch loads only when needed
+        new_run_dir,
+        resume_config,
+        train_every_fold,
+        train_run,
+    )
 
     with user_errors():
         if resume is not None:
@@ -56,8 +62,16 @@ def train(
             if data_path is None:
                 raise ValueError("give the dataset with --data-path (or data.dataset_dir)")
             run_dir = new_run_dir(cfg.train.runs_dir, run_name)
+        every_fold = resume is None and cfg.data.split.mode == "walk_forward" and cfg.data.split.n_folds > 1
         # Lightning's Rich progress bar is the live display here: stages print as plain lines
-        summary = train_run(cfg, data_path, run_dir, resume=resume is not None, say=say)
+        if every_fold:
+            record = train_every_fold(cfg, data_path, run_dir, say=say)
+        else:
+            summary = train_run(cfg, data_path, run_dir, resume=resume is not None, say=say)
+    if every_fold:
+        if record:
+            _print_folds(record, list(cfg.data.horizons), run_dir)
+        return
     if not summary:
         return
     segment = "test" if summary.get("test_metrics") else "valid"
@@ -69,3 +83,22 @@ def train(
         + "  ".join(f"RankIC{h}d={scores.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons)
     )
     console.print(f"Run folder [bold]{escape(str(run_dir))}[/]")
+
+
+def _print_folds(record: dict, horizons: list[int], run_dir: Path) -> None:
+    """One row per fold and their mean: the test RankIC per horizon (valid where a fold has no test)."""
+    table = Table(title=f"{record['n_folds']} walk-forward folds (folds.json)")
+    for column in ("fold", "best epoch", "test from", *(f"RankIC {h}d" for h in horizons)):
+        table.add_column(column, justify="right")
+    for k, summary in enumerate(record["folds"]):
+        scores = summary.get("test_metrics") or {}
+        table.add_row(
+            str(k),
+            f"{summary['best_epoch']} of {summary['epochs_run']}",
+            str(summary["split"].get("test", ["-"])[0]),
+            *(f"{scores.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons),
+        )
+    mean = record["mean_test_metrics"]
+    table.add_row("mean", "", "", *(f"{mean.get(f'rankic_{h}d', float('nan')):.4f}" for h in horizons))
+    console.print(table)
+    console.print(f"Run folders [bold]{escape(str(run_dir))}/fold_<k>[/]")

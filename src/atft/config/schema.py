@@ -174,13 +174,37 @@ class HeadConfig:
     use_layernorm: bool = False
 
 
-# The models ``atft train`` can build (``model.name``); ``atft_gat_fan`` is ``atft.models.atft_gat_fan``.
-MODEL_NAMES = ("atft_gat_fan",)
+@dataclass
+class ApexConfig:
+    """APEX-Ranker (``model.name=apex``): a PatchTST encoder over each feature's series (docs/apex.md)."""
+
+    # Days per patch and days between patch starts; the window is padded at its start so that the last
+    # patch ends on the last day.
+    patch_len: int = field(default=5, metadata={"ge": 1})
+    stride: int = field(default=5, metadata={"ge": 1})
+    d_model: int = field(default=32, metadata={"ge": 8})
+    n_layers: int = field(default=2, metadata={"ge": 1})
+    # Attention heads; d_model must be divisible by them.
+    n_heads: int = field(default=4, metadata={"ge": 1})
+    # Hidden size of each Transformer block's MLP, as a multiple of d_model.
+    ff_mult: int = field(default=2, metadata={"ge": 1})
+    dropout: float = field(default=0.1, metadata={"ge": 0.0, "lt": 1.0})
+    # Rows of the learned positional table: the most patches a window may have.
+    max_patches: int = field(default=64, metadata={"ge": 1})
+
+
+# The models ``atft train`` can build (``model.name``), built by ``atft.models.registry``:
+# ``atft_gat_fan`` is ``atft.models.atft_gat_fan``, ``apex`` is ``atft.models.apex_ranker``.
+MODEL_NAMES = ("atft_gat_fan", "apex")
 
 
 @dataclass
 class ModelConfig:
-    """Which model to build and how big it is."""
+    """Which model to build and how big it is.
+
+    ``hidden_size``, ``dropout``, ``fan``, ``vsn``, ``temporal``, ``graph``, ``gat`` and ``shortcut`` are
+    ATFT-GAT-FAN's; ``apex`` is APEX-Ranker's; ``head`` and ``quantiles`` are read by both.
+    """
 
     # Only models that exist are accepted: a name nothing builds would silently train ATFT-GAT-FAN.
     name: str = field(default="atft_gat_fan", metadata={"choices": MODEL_NAMES, "choices_noun": "model"})
@@ -192,6 +216,7 @@ class ModelConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     gat: GatConfig = field(default_factory=GatConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    apex: ApexConfig = field(default_factory=ApexConfig)
     # A linear path from the last day's features (and, with the graph, their neighbour mean) to the heads.
     shortcut: bool = True
     quantiles: list[float] = field(

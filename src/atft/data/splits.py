@@ -292,3 +292,50 @@ def splits_from_config(calendar: Any, cfg: ATFTConfig | ResolvedConfig) -> list[
         n_folds=s.n_folds,
         window=s.window,
     )
+
+
+def rolling_splits(
+    calendar: Any,
+    *,
+    horizons: Sequence[int],
+    every: int,
+    train_days: int,
+    valid_days: int,
+    purge_days: int,
+    window: str = "sliding",
+    start: Any = None,
+    end: Any = None,
+) -> list[Split]:
+    """The blocks of a rolling retrain: test blocks of ``every`` trading days from ``start`` to ``end``, each
+    with its own train | purge | valid | purge before it, so a block's labels never reach its test days.
+
+    ``window="sliding"`` trains on the ``train_days`` days before the purge, ``"expanding"`` from the
+    first calendar day. ``start`` defaults to the first day that leaves room for the first block's training
+    and validation; ``end`` to the calendar's last day. The last block may be shorter than ``every``.
+    """
+    cal = _as_calendar(calendar)
+    _check_purge(purge_days, horizons)
+    if window not in ("expanding", "sliding"):
+        raise SplitError(f"--window {window!r}: choose 'expanding' or 'sliding'")
+    for key, value in (("--every", every), ("--train-days", train_days), ("valid_days", valid_days)):
+        if value < 1:
+            raise SplitError(f"{key}={value} is out of range; must be >= 1")
+    room = train_days + 2 * purge_days + valid_days  # trading days needed before the first test day
+    first = room if start is None else int(np.searchsorted(cal, _to_day(start, "--start"), "left"))
+    last = len(cal) - 1 if end is None else int(np.searchsorted(cal, _to_day(end, "--end"), "right")) - 1
+    if first < room:
+        raise SplitError(
+            f"--start {_date(cal, min(first, len(cal) - 1))} leaves {first} trading days before it, but a block "
+            f"needs {room} (train {train_days} + 2 x purge {purge_days} + valid {valid_days}); start from "
+            f"{_date(cal, room) if room < len(cal) else 'a later calendar'}"
+        )
+    if first > last:
+        raise SplitError(f"no trading day between --start and --end ({_date(cal, 0)} .. {_date(cal, -1)})")
+    blocks = []
+    for k, test_start in enumerate(range(first, last + 1, every)):
+        test = Segment("test", test_start, min(test_start + every - 1, last))
+        valid = Segment("valid", test.start - purge_days - valid_days, test.start - purge_days - 1)
+        train_end = valid.start - purge_days - 1
+        train = Segment("train", 0 if window == "expanding" else train_end - train_days + 1, train_end)
+        blocks.append(Split(k, train, valid, test, cal))
+    return blocks

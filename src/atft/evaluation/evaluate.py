@@ -1,6 +1,7 @@
 """The evaluation of a run's predictions: every metric of ``horizon_metrics`` plus the ones a report needs
-to judge a ranking model (RankIC t-statistic, hit rate, precision@k, decile means, row counts) and, on the
-synthetic market, the oracle's RankIC on the same rows and the share of it the model captures.
+to judge a ranking model (RankIC t-statistic, plain and Newey-West, hit rate, precision@k, decile means,
+row counts) and, on the synthetic market, the oracle's RankIC on the same rows and the share of it the
+model captures.
 
 ``evaluate_predictions`` computes them from the long predictions frame the training engine writes;
 ``write_evaluation`` stores them beside the predictions. Each metric is defined in ``docs/metrics.md``.
@@ -26,6 +27,7 @@ from atft.evaluation.metrics import (
     mean_over_std,
     present,
 )
+from atft.evaluation.stats import default_lags, newey_west_tstat
 
 # Share of a day's scored stocks that precision@k looks at when no fixed ``top_k`` is given.
 DEFAULT_TOP_FRACTION = 0.1
@@ -96,6 +98,8 @@ def evaluate_predictions(
         out = base[key] | {
             "n_days": int(base[key]["n_days"]),
             "rankic_tstat": mean_over_std(rank_ic) * math.sqrt(rank_ic.len()),
+            # Consecutive days' h-day labels share h - 1 days: the daily RankICs are not independent.
+            "rankic_nw_tstat": newey_west_tstat(rank_ic.to_numpy(), default_lags(h)),
             "hit_rate": _hit_rate(scored),
             "precision_at_k": _precision_at_k(scored, top_k=top_k, min_stocks=min_stocks),
             "decile_mean_label": _decile_mean_label(scored, min_stocks=min_stocks),

@@ -333,8 +333,13 @@ class DayGraphBuilder:
 
 
 def uses_graph(model_cfg: ModelConfig) -> bool:
-    """Whether a model config attends over a day graph: the GAT is on and the graph mode is not ``none``.
+    """Whether a model config attends over a day graph: the model is ATFT-GAT-FAN (APEX-Ranker reads no
+    graph), its GAT is on and the graph mode is not ``none``.
 
     The one place that decides it, for the data loader, the model and the run doctor alike.
     """
-    return bool(model_cfg.gat.enabled) and str(model_cfg.graph.mode) != "none"
+    return (
+        str(model_cfg.name) == "atft_gat_fan"
+        and bool(model_cfg.gat.enabled)
+        and str(model_cfg.graph.mode) != "none"
+    )

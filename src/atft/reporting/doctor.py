@@ -43,6 +43,7 @@ from atft.reporting.facts import (
     Grade,
     GradFacts,
     LrFacts,
+    TearSheetFacts,
     TermFacts,
 )
 from atft.reporting.numbers import finite
@@ -58,8 +59,10 @@ __all__ = [
     "Grade",
     "GradFacts",
     "LrFacts",
+    "TearSheetFacts",
     "TermFacts",
     "collect_facts",
+    "decile_means",
     "diagnose",
     "diagnose_run",
     "flatten_horizon_metrics",
@@ -67,12 +70,18 @@ __all__ = [
     "open_run_folder",
     "read_run_config",
     "resolve_thresholds",
+    "rolling_mean",
+    "tear_sheet_facts",
 ]
 
 # Ranking terms of the loss: the ones that make the model a stock ranker rather than a regressor.
 FINANCIAL_TERMS = ("rankic", "cs_ic", "sharpe", "listnet", "ranknet")
 # A change smaller than this share of the value is noise, not a rise (float round-off, a flat curve).
 NOISE_REL = 1e-4
+# The test period's tear sheet: the rolling window of the daily RankIC (a quarter of trading days) and the
+# backtest it draws (``atft backtest``'s default strategy).
+ROLLING_DAYS = 63
+BOOK_STRATEGY = "long_short"
 
 T = TypeVar("T")
 
@@ -307,7 +316,150 @@ def collect_facts(
         metrics=metrics,
         log_lines=log_lines,
         notes=notes,
+        tear_sheet=tear_sheet_facts(folder, evaluation, horizons, int(th["grade_horizon"]), notes),
     )
+
+
+def tear_sheet_facts(
+    folder: RunFolder,
+    evaluation: Any,
+    horizons: list[int],
+    grade_horizon: int,
+    notes: list[str],
+    window: int = ROLLING_DAYS,
+) -> TearSheetFacts:
+    """The test segment's tear sheet: daily RankIC per horizon (eval/per_day.parquet) and its ``window``-day
+    rolling mean, the mean label by prediction decile (eval/metrics.json), and the long-short backtest's
+    cumulative net return and drawdown (backtest/long_short_<h>d/, the graded horizon's first, else another
+    horizon's). Whatever is missing is a note of the tear sheet naming the command that makes it; a damaged
+    file is a note in ``notes`` too."""
+    ts = TearSheetFacts(window=window)
+    root = folder.root
+    per_day = _tolerant(folder.read_per_day, notes)
+    if per_day is not None and not {"date", "horizon", "rankic"} <= set(per_day.columns):
+        notes.append(f"{folder.eval_dir()}/per_day.parquet has no date, horizon and rankic columns")
+        per_day = None
+    if per_day is not None:
+        _daily_rankic(ts, per_day)
+    if isinstance(evaluation, dict):
+        ts.deciles = decile_means(evaluation)
+    if evaluation is None and per_day is None:
+        ts.notes.append(f"run `atft evaluate {root}` for the test-period tear sheet")
+    elif per_day is None:
+        ts.notes.append(f"eval/per_day.parquet is missing: rerun `atft evaluate {root}` for the daily RankIC")
+    elif evaluation is not None and not ts.deciles:
+        ts.notes.append(f"eval/metrics.json has no decile_mean_label: rerun `atft evaluate {root}`")
+
+    shown = set(horizons) | set(ts.rankic) | set(ts.deciles)
+    if grade_horizon in shown:
+        ts.horizon = grade_horizon
+    elif shown:
+        ts.horizon = next((h for h in horizons if h in shown), min(shown))
+    order = [h for h in [ts.horizon, *horizons] if h is not None]
+    for h in dict.fromkeys(order):
+        found = _tolerant(lambda h=h: folder.read_backtest(BOOK_STRATEGY, h), notes)
+        if found is not None:
+            _book(ts, h, *found)
+            break
+    if ts.book is None:
+        ts.notes.append(
+            f"no backtest of the run yet: run `atft backtest {root}` for the "
+            f"{BOOK_STRATEGY.replace('_', '-')} book's cumulative return and drawdown"
+        )
+    return ts
+
+
+def _daily_rankic(ts: TearSheetFacts, per_day: pl.DataFrame) -> None:
+    """Fill ``dates``, ``rankic`` and ``rolling`` of ``ts`` from eval/per_day.parquet."""
+    frame = per_day.select(
+        "date",
+        pl.col("horizon").cast(pl.Int64, strict=False),
+        pl.col("rankic").cast(pl.Float64, strict=False).fill_nan(None),
+    ).filter(pl.col("date").is_not_null() & pl.col("horizon").is_not_null())
+    days = frame.select("date").unique().sort("date")
+    ts.dates = days["date"].to_list()
+    for h in sorted(frame["horizon"].unique().to_list()):
+        one = frame.filter(pl.col("horizon") == h).unique("date", keep="last").drop("horizon")
+        values = days.join(one, on="date", how="left").sort("date")["rankic"].to_numpy()
+        ts.rankic[int(h)] = [float(v) for v in values]
+        ts.rolling[int(h)] = rolling_mean(values, ts.window)
+
+
+def _book(ts: TearSheetFacts, h: int, daily: pl.DataFrame, record: Any) -> None:
+    """Fill the book's series and statistics of ``ts`` from a backtest's daily frame and summary record."""
+    record = record if isinstance(record, dict) else {}
+    ts.book, ts.book_horizon = f"{BOOK_STRATEGY}_{h}d", h
+    ts.book_split = str(record.get("split") or "test")
+    params = record.get("params") if isinstance(record.get("params"), dict) else {}
+    holding = params.get("holding_days")
+    ts.holding_days = int(holding) if finite(holding) else h
+    stats = record.get("summary") if isinstance(record.get("summary"), dict) else record
+    ts.book_stats = _floats(stats)
+    if "date" not in daily.columns or "net" not in daily.columns:
+        ts.notes.append(f"backtest/{ts.book}/daily.parquet has no date and net columns: rerun the backtest")
+        return
+    daily = daily.sort("date")
+    net = daily["net"].cast(pl.Float64, strict=False).fill_nan(None)
+    if net.null_count():
+        ts.notes.append(f"backtest/{ts.book}: {net.null_count()} day(s) without a net return, taken as 0")
+    r = net.fill_null(0.0).to_numpy()
+    wealth = np.cumprod(1.0 + r)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], wealth]))[1:]  # the wealth starts at 1
+    ts.book_dates = daily["date"].to_list()
+    ts.net = [float(v) for v in r]
+    if "gross" in daily.columns:
+        gross = daily["gross"].cast(pl.Float64, strict=False).fill_nan(None).fill_null(0.0)
+        ts.gross = [float(v) for v in gross.to_numpy()]
+    ts.cumulative = [float(v) for v in wealth - 1.0]
+    ts.drawdown = [float(v) for v in wealth / peak - 1.0]
+
+
+def rolling_mean(values: Any, window: int, min_share: float = 0.5) -> list[float]:
+    """The mean of the finite values among the last ``window`` ones, from the ``window``-th value on, where
+    at least ``min_share`` of the window has a value (NaN elsewhere)."""
+    x = np.asarray(values, dtype=float)
+    ok = np.isfinite(x)
+    out = np.full(x.size, math.nan)
+    if window < 1 or x.size < window:
+        return [float(v) for v in out]
+    sums = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(ok)])
+    total = sums[window:] - sums[:-window]
+    count = counts[window:] - counts[:-window]
+    enough = count >= max(1, math.ceil(min_share * window))
+    out[window - 1 :] = np.where(enough, total / np.maximum(count, 1), math.nan)
+    return [float(v) for v in out]
+
+
+def decile_means(evaluation: Any) -> dict[int, list[float]]:
+    """``decile_mean_label`` per horizon from eval/metrics.json, in the shapes ``flatten_horizon_metrics``
+    reads (``{"5d": {...}}``, ``{"horizons": {"5": {...}}}``, records with a ``horizon``, flat
+    ``decile_mean_label_5d``); a missing decile is NaN."""
+    out: dict[int, list[float]] = {}
+
+    def means(value: list[Any]) -> list[float]:
+        return [float(v) if finite(v) else math.nan for v in value]
+
+    def walk(node: Any, h: int | None) -> None:
+        if isinstance(node, list):
+            for item in node:
+                if isinstance(item, dict) and "horizon" in item:
+                    walk({k: v for k, v in item.items() if k != "horizon"}, _horizon_of(item["horizon"]))
+            return
+        if not isinstance(node, dict):
+            return
+        for key in sorted(node, key=lambda k: k not in ("test", "metrics")):
+            value, hk = node[key], _horizon_of(key)
+            flat = re.fullmatch(r"decile_mean_label_(\d+)d", str(key))
+            if isinstance(value, list) and (flat or (key == "decile_mean_label" and h is not None)):
+                out.setdefault(int(flat[1]) if flat else h, means(value))  # type: ignore[arg-type]
+            elif hk is not None and isinstance(value, dict):
+                walk(value, hk)
+            elif isinstance(value, dict | list):
+                walk(value, h)
+
+    walk(evaluation, None)
+    return dict(sorted(out.items()))
 
 
 def read_dataset_facts(path: Path | None) -> DatasetFacts:

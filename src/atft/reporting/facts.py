@@ -112,6 +112,43 @@ class DatasetFacts:
 
 
 @dataclass
+class TearSheetFacts:
+    """The test segment as a tear sheet shows it (section 9): the daily RankIC and its rolling mean, the mean
+    label by prediction decile, and the long-short book's cumulative net return and drawdown.
+
+    ``rankic`` and ``rolling`` are aligned with ``dates`` (NaN on a day without a value); the rolling mean at
+    a day is the mean of the values present among the last ``window`` days, from the ``window``-th day on and
+    where at least half of them have one. ``deciles`` is ``decile_mean_label`` of eval/metrics.json (decile 1
+    = the lowest predictions). The book's ``cumulative`` is ``cumprod(1 + net) - 1`` and its ``drawdown`` the
+    wealth below its running peak, the wealth starting at 1 before the first day (as ``max_drawdown`` of the
+    backtest's summary). ``notes`` say what is missing and the command that makes it.
+    """
+
+    horizon: int | None = None  # the horizon drawn bold: grade_horizon, else the first one the run has
+    window: int = 63
+    dates: list[Any] = field(default_factory=list)
+    rankic: dict[int, list[float]] = field(default_factory=dict)
+    rolling: dict[int, list[float]] = field(default_factory=dict)
+    deciles: dict[int, list[float]] = field(default_factory=dict)
+    book: str | None = None  # e.g. "long_short_5d": the backtest read, None when the run has none
+    book_split: str = "test"
+    book_horizon: int | None = None
+    holding_days: int | None = None
+    book_dates: list[Any] = field(default_factory=list)
+    net: list[float] = field(default_factory=list)
+    gross: list[float] = field(default_factory=list)
+    cumulative: list[float] = field(default_factory=list)
+    drawdown: list[float] = field(default_factory=list)
+    book_stats: dict[str, float] = field(default_factory=dict)  # the backtest summary's statistics
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def evaluated(self) -> bool:
+        """True when the test segment's daily RankIC or decile means were read."""
+        return bool(self.rankic or self.deciles)
+
+
+@dataclass
 class Facts:
     """Everything measured on a run: what the rules judge and the report shows.
 
@@ -148,6 +185,7 @@ class Facts:
     metrics: pl.DataFrame
     log_lines: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tear_sheet: TearSheetFacts = field(default_factory=TearSheetFacts)
 
     @property
     def run_dir(self) -> Path:

@@ -1,4 +1,6 @@
-"""The run doctor's PNG plots: loss curves, validation metrics, learning rate, loss composition, gradients.
+"""The run doctor's PNG plots: loss curves, validation metrics, learning rate, loss composition, gradients,
+and the test period's tear sheet (daily RankIC, mean label by prediction decile, the book's return and
+drawdown).
 
 Each function draws one figure from the doctor's ``Facts`` and returns its path, or None when the run
 logged nothing to draw. Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas, never
@@ -7,19 +9,24 @@ through pyplot's global state, so the doctor needs no display and leaves no figu
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # before anything imports pyplot: a report is drawn on machines without a display
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from atft.reporting.facts import Facts  # noqa: E402
 from atft.reporting.numbers import finite  # noqa: E402
 
 DPI = 100
+# The other horizons' rolling means beside the graded one's (green) and its daily RankIC (blue).
+OTHER_COLORS = ("darkorange", "mediumpurple", "sienna", "grey", "goldenrod", "teal")
 
 
 def make_plots(facts: Facts, out_dir: Path) -> dict[str, Path]:
@@ -31,6 +38,9 @@ def make_plots(facts: Facts, out_dir: Path) -> dict[str, Path]:
         "lr_schedule": lr_schedule,
         "loss_composition": loss_composition,
         "gradient_flow": gradient_flow,
+        "test_rankic": period_rankic,
+        "test_deciles": period_deciles,
+        "test_book": period_book,
     }
     paths = {}
     for name, draw in makers.items():
@@ -175,6 +185,109 @@ def gradient_flow(facts: Facts, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
+
+
+def period_rankic(facts: Facts, path: Path) -> Path | None:
+    """The test period's daily RankIC at the graded horizon with its rolling mean (bold), the other horizons'
+    rolling means (thin), and the zero line."""
+    ts = facts.tear_sheet
+    h = ts.horizon
+    if h not in ts.rankic or not any(finite(v) for v in ts.rankic[h]):
+        return None
+    x, dated = _days(ts.dates)
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
+    ax.plot(x, ts.rankic[h], color="steelblue", alpha=0.45, linewidth=0.8, label=f"daily RankIC {h}d")
+    others = [(o, r) for o, r in ts.rolling.items() if o != h and any(finite(v) for v in r)]
+    for i, (other, rolling) in enumerate(others):
+        color = OTHER_COLORS[i % len(OTHER_COLORS)]
+        ax.plot(x, rolling, color=color, linewidth=0.9, label=f"{ts.window}-day mean {other}d")
+    if any(finite(v) for v in ts.rolling.get(h, [])):
+        ax.plot(x, ts.rolling[h], color="darkgreen", linewidth=2.4, label=f"{ts.window}-day mean {h}d")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title(f"Test period: daily RankIC ({h}d) and its {ts.window}-day rolling mean")
+    ax.set_ylabel("RankIC")
+    _day_axis(ax, dated)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return _save(fig, path)
+
+
+def period_deciles(facts: Facts, path: Path) -> Path | None:
+    """Mean forward return (label) by prediction decile, one panel per horizon, the graded one titled bold."""
+    ts = facts.tear_sheet
+    deciles = {h: v for h, v in ts.deciles.items() if any(finite(x) for x in v)}
+    if not deciles:
+        return None
+    fig = Figure(figsize=(min(3.0 * len(deciles) + 1.0, 13), 3.4))
+    axes = fig.subplots(1, len(deciles), squeeze=False)[0]
+    for ax, (h, values) in zip(axes, deciles.items(), strict=True):
+        heights = [v if finite(v) else 0.0 for v in values]
+        colors = ["seagreen" if v > 0 else "indianred" for v in heights]
+        ax.bar(range(1, len(values) + 1), heights, color=colors)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(f"{h}d", fontweight="bold" if h == ts.horizon else "normal")
+        ax.set_xlabel("prediction decile (10 = highest)")
+        ax.set_xticks(range(1, len(values) + 1))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("mean label (forward return)")
+    fig.suptitle("Test period: mean forward return by prediction decile", fontsize=11)
+    return _save(fig, path)
+
+
+def period_book(facts: Facts, path: Path) -> Path | None:
+    """The backtest's cumulative net return (gross thin) and, underneath, its drawdown."""
+    ts = facts.tear_sheet
+    if not ts.cumulative:
+        return None
+    x, dated = _days(ts.book_dates)
+    fig = Figure(figsize=(9, 4.6))
+    ax, ax_dd = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
+    if ts.gross:
+        gross = [v - 1.0 for v in _wealth(ts.gross)]
+        ax.plot(x, gross, color="grey", linewidth=0.9, label="gross of costs")
+    ax.plot(x, ts.cumulative, color="navy", linewidth=1.8, label="net of costs")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylabel("cumulative return")
+    hold = f", {ts.holding_days} staggered sub-books" if ts.holding_days else ""
+    split = "" if ts.book_split == "test" else f", {ts.book_split} split"
+    ax.set_title(f"Long-short book on the {ts.book_horizon}d forecast ({ts.book}{hold}{split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax_dd.fill_between(x, ts.drawdown, 0.0, color="indianred", alpha=0.5, linewidth=0)
+    ax_dd.plot(x, ts.drawdown, color="darkred", linewidth=0.8)
+    ax_dd.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_dd.set_ylabel("drawdown")
+    ax_dd.grid(alpha=0.3)
+    _day_axis(ax_dd, dated)
+    return _save(fig, path)
+
+
+def _wealth(returns: list[float]) -> list[float]:
+    out, w = [], 1.0
+    for r in returns:
+        w *= 1.0 + r
+        out.append(w)
+    return out
+
+
+def _days(dates: list[Any]) -> tuple[list[Any], bool]:
+    """Dates to plot against, and whether they are dates (else the day's position in the period)."""
+    if dates and all(isinstance(d, dt.date) for d in dates):
+        return dates, True
+    return list(range(len(dates))), False
+
+
+def _day_axis(ax: Any, dated: bool) -> None:
+    if dated:
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    else:
+        ax.set_xlabel("day of the period")
 
 
 def _save(fig: Figure, path: Path) -> Path:

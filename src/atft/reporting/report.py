@@ -1,6 +1,6 @@
 """Render a ``Diagnosis`` as report.md, and as a self-contained report.html (plots inlined as base64).
 
-The eight sections are built once as a list of simple blocks (paragraph, table, image, code, list) and
+The nine sections are built once as a list of simple blocks (paragraph, table, image, code, list) and
 then written out by a Markdown and an HTML renderer, so that both files always say the same thing.
 """
 
@@ -10,11 +10,14 @@ import base64
 import html as html_lib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atft.reporting.facts import Diagnosis, Facts
-from atft.reporting.numbers import fmt
+import numpy as np
+
+from atft.reporting.facts import Diagnosis, Facts, TearSheetFacts
+from atft.reporting.numbers import finite, fmt
 from atft.reporting.rules import healthy_recommendation
 
 SECTION_TITLES = (
@@ -26,7 +29,11 @@ SECTION_TITLES = (
     "6. Gradient flow",
     "7. Root causes",
     "8. Grade",
+    "9. Test period",
 )
+# The two Sharpe ratios the report shows are of different portfolios (docs/metrics.md, docs/backtest.md):
+# the evaluation's quintile long-short book rebalanced daily on 1-day returns, and the backtest's book.
+DAILY_SHARPE = "daily L/S Sharpe"
 
 
 @dataclass
@@ -122,7 +129,7 @@ def render_html(d: Diagnosis) -> str:
 
 
 def build_sections(d: Diagnosis) -> list[Section]:
-    """The eight sections of the report, each computed from the run's own files."""
+    """The nine sections of the report, each computed from the run's own files."""
     f = d.facts
     return [
         _summary(d, f),
@@ -133,6 +140,7 @@ def build_sections(d: Diagnosis) -> list[Section]:
         _gradients(d, f),
         _root_causes(d),
         _grade(d, f),
+        _test_period(d, f),
     ]
 
 
@@ -149,7 +157,7 @@ def _summary(d: Diagnosis, f: Facts) -> Section:
         "val RankIC",
         "test RankIC",
         f"SCALE ({f.headline_split})",
-        f"net Sharpe ({f.headline_split})",
+        f"{DAILY_SHARPE} ({f.headline_split})",
     ]
     if f.oracle:
         header += ["oracle RankIC", "capture"]
@@ -172,6 +180,13 @@ def _summary(d: Diagnosis, f: Facts) -> Section:
         else "no test metrics (no summary.json or eval/metrics.json)"
     )
     s.p(f"Validation numbers from {f.valid_source}; {tested}.")
+    ts = f.tear_sheet
+    if ts.book:
+        s.p(
+            f"Backtest `{ts.book}` ({ts.book_split}): {book_sharpe(ts)} "
+            f"{_n(ts.book_stats.get('sharpe'), 2)}, annual return {_pct(ts.book_stats.get('annual_return'))}, "
+            f"max drawdown {_pct(ts.book_stats.get('max_drawdown'))} (section 9)."
+        )
     if f.synthetic and not f.oracle:
         s.p("Synthetic dataset, but no oracle RankIC is recorded yet: no capture ratio, graded on RankIC.")
     if main:
@@ -256,7 +271,7 @@ METRIC_COLUMNS = (
     ("RankIC", "rankic", 4),
     ("naive RMSE", "naive_rmse", 4),
     ("SCALE", "scale", 3),
-    ("net Sharpe", "sharpe", 2),
+    (DAILY_SHARPE, "sharpe", 2),
 )
 
 
@@ -270,7 +285,10 @@ def _validation(d: Diagnosis, f: Facts) -> Section:
             [f"{h}d"] + [_n(values.get(f"{key}_{h}d"), digits) for _, key, digits in METRIC_COLUMNS]
             for h in f.horizons
         ]
-        s.p(f"**{split}** ({source}; net Sharpe after {_g(f.config.eval.cost_bps)} bps per unit traded):")
+        s.p(
+            f"**{split}** ({source}; {DAILY_SHARPE}: the quintile long-short book rebalanced daily on 1-day "
+            f"returns, net of {_g(f.config.eval.cost_bps)} bps per unit traded):"
+        )
         s.table(["horizon"] + [label for label, _, _ in METRIC_COLUMNS], rows)
     s.image(d.plots, "val_metrics", "validation RankIC and SCALE per horizon per epoch")
     return s
@@ -410,9 +428,118 @@ def _grade(d: Diagnosis, f: Facts) -> Section:
     return s
 
 
+def _test_period(d: Diagnosis, f: Facts) -> Section:
+    s = Section(SECTION_TITLES[8])
+    ts = f.tear_sheet
+    s.items([f"Note: {n}" for n in ts.notes])
+    if not ts.evaluated and ts.book is None:
+        return s
+    if ts.dates:
+        s.p(
+            f"The test segment, {ts.dates[0]} to {ts.dates[-1]} ({len(ts.dates)} days), from "
+            "eval/per_day.parquet and eval/metrics.json"
+            + (f", and backtest/{ts.book}/" if ts.book else "")
+            + "."
+        )
+    s.image(d.plots, "test_rankic", f"daily RankIC and its {ts.window}-day rolling mean")
+    s.image(d.plots, "test_deciles", "mean forward return by prediction decile")
+    shown = sorted(set(ts.rankic) | set(ts.deciles))
+    if shown:
+        rows = []
+        for h in shown:
+            daily = _finite(ts.rankic.get(h, []))
+            rolling = _finite(ts.rolling.get(h, []))
+            deciles = ts.deciles.get(h, [])
+            spread = deciles[-1] - deciles[0] if len(deciles) >= 2 else math.nan
+            rows.append(
+                [
+                    f"**{h}d**" if h == ts.horizon else f"{h}d",
+                    _n(float(np.mean(daily)) if daily else math.nan),
+                    _pct(float(np.mean([v > 0 for v in daily])) if daily else math.nan),
+                    _n(rolling[-1] if rolling else math.nan),
+                    _n(min(rolling) if rolling else math.nan),
+                    _n(max(rolling) if rolling else math.nan),
+                    _pct(deciles[0] if deciles else math.nan, 3),
+                    _pct(deciles[-1] if deciles else math.nan, 3),
+                    _pct(spread, 3),
+                    _n(f.test.get(f"sharpe_{h}d"), 2),
+                ]
+            )
+        w = ts.window
+        s.table(
+            [
+                "horizon",
+                "mean daily RankIC",
+                "days RankIC > 0",
+                f"{w}-day mean: last",
+                f"{w}-day mean: min",
+                f"{w}-day mean: max",
+                "decile 1 mean label",
+                "decile 10 mean label",
+                "decile 10 − 1",
+                DAILY_SHARPE,
+            ],
+            rows,
+        )
+        s.p(
+            f"RankIC is the day's rank correlation of prediction and label; its {w}-day rolling mean is the "
+            f"mean over the last {w} trading days (from day {w} on). Deciles rank each day's stocks by "
+            "prediction (10 = highest) and average their labels over the days (decile_mean_label of "
+            f"eval/metrics.json); a working model's bars rise from left to right. The {DAILY_SHARPE} is "
+            "the evaluation's: a quintile long-short book rebalanced every day and held one day on 1-day "
+            "returns (docs/metrics.md)."
+        )
+    s.image(d.plots, "test_book", "cumulative net return of the backtest and its drawdown")
+    if ts.book:
+        st = ts.book_stats
+        s.table(
+            [
+                "backtest",
+                book_sharpe(ts),
+                "annual return",
+                "annual volatility",
+                "max drawdown",
+                "cumulative net return",
+                "hit rate",
+                "mean daily turnover",
+                "days",
+            ],
+            [
+                [
+                    f"`{ts.book}` ({ts.book_split})",
+                    _n(st.get("sharpe"), 2),
+                    _pct(st.get("annual_return")),
+                    _pct(st.get("annual_volatility")),
+                    _pct(st.get("max_drawdown"), 2),
+                    _pct(ts.cumulative[-1] if ts.cumulative else math.nan),
+                    _pct(st.get("hit_rate")),
+                    _pct(st.get("mean_turnover")),
+                    _i(len(ts.net) or None),
+                ]
+            ],
+        )
+        s.p(
+            f"The {book_sharpe(ts)} is the backtest's (`atft backtest`, docs/backtest.md): the "
+            f"{ts.book_horizon}-day forecast traded by {ts.holding_days} staggered sub-books, each held "
+            f"{ts.holding_days} day(s), net of costs. It is a different portfolio from the {DAILY_SHARPE} "
+            "above, so the two numbers differ. Cumulative return = cumprod(1 + net) − 1; drawdown = wealth "
+            "/ its running peak − 1, the wealth starting at 1 before the first day."
+        )
+    return s
+
+
+def book_sharpe(ts: TearSheetFacts) -> str:
+    """The label of the backtest's Sharpe, e.g. "book Sharpe (5d staggered)"."""
+    return f"book Sharpe ({_i(ts.holding_days)}d staggered)"
+
+
 # ------------------------------------------------------------------------------------------------------
 # formatting
 # ------------------------------------------------------------------------------------------------------
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if finite(v)]
 
 
 def _n(x: Any, digits: int = 4) -> str:

@@ -37,8 +37,12 @@ class DayDataset(Dataset):
     """The days of a panel within ``[start, end]`` (inclusive; None = open) that have enough eligible stocks.
 
     A stock is eligible on day ``d`` when its window of ``lookback`` days ending on ``d`` has every feature
-    finite and at least one label on ``d`` survives the mask. Windows may reach back before ``start``:
-    features are the past, only labels can leak.
+    finite: eligibility reads only data up to ``d``, so a stock that delists tomorrow is still in today's
+    cross-section (and in its neighbours' graph). A missing or masked label only removes the row from the
+    loss and the metrics. Windows may reach back before ``start``: features are the past, only labels can
+    leak. With ``require_labels`` (training), a day on which no eligible stock has a usable label teaches
+    nothing and is dropped (reason ``no_labels``); evaluation serves every day, so the last days of a
+    segment are forecast too.
 
     ``exclude`` lists dates to leave out (the embargo blocks of a walk-forward fold).
     ``graph(day, stocks)`` (e.g. ``atft.models.graph.DayGraphBuilder``), when given, adds the day's stock graph
@@ -60,6 +64,7 @@ class DayDataset(Dataset):
         label_cutoff: int | DateLike | None = None,
         exclude: np.ndarray | None = None,
         graph: DayGraph | None = None,
+        require_labels: bool = False,
     ) -> None:
         self.panel, self.lookback, self.min_stocks = panel, lookback, min_stocks
         self.graph = graph
@@ -74,18 +79,21 @@ class DayDataset(Dataset):
         finite = np.isfinite(panel.y[:, first:stop])  # [S, n, H]
         mask = finite if label_cutoff is None else finite & (panel.label_end[:, first:stop] <= label_cutoff)
         window_ok = panel.full_windows(lookback)[:, first:stop]  # [S, n]
-        eligible = window_ok & mask.any(-1)  # [S, n]
+        eligible = window_ok  # [S, n]: the past alone decides who is in the day's universe
         self.masked_labels = int((finite & ~mask & window_ok[..., None]).sum())
 
         counts = eligible.sum(0)  # [n]
         embargoed = np.zeros(len(days), bool) if exclude is None else np.isin(panel.dates[days], exclude)
         early = ~embargoed & (days < lookback - 1)
         few = ~embargoed & ~early & (counts < min_stocks)
-        keep = ~embargoed & ~early & ~few
+        unlabelled = ~embargoed & ~early & ~few & ~(window_ok[..., None] & mask).any((0, 2))
+        unlabelled &= require_labels
+        keep = ~embargoed & ~early & ~few & ~unlabelled
         self.dropped_reasons = {
             "embargo": int(embargoed.sum()),
             "before_first_full_window": int(early.sum()),
             "too_few_stocks": int(few.sum()),
+            "no_labels": int(unlabelled.sum()),
         }
         self.dropped_days = int((~keep).sum())
 
@@ -296,6 +304,7 @@ class DayDataModule(L.LightningDataModule):
                     label_cutoff=cutoff,
                     exclude=self.train_exclude if split == "train" else None,
                     graph=self.graph,
+                    require_labels=split == "train",
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

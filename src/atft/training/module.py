@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from atft.evaluation.metrics import horizon_metrics
-from atft.models.atft_gat_fan import ATFTGATFAN, quantile_name
+from atft.models.atft_gat_fan import quantile_name
+from atft.models.registry import build_model
 from atft.training.loss import MultiHorizonLoss, gradient_shares
 
 BETA_FEATURE = "beta_60d"  # the exposure term's market beta, read from the window's last step
@@ -73,7 +74,7 @@ class ForecastModule(L.LightningModule):
         self.cfg: DictConfig = OmegaConf.create(config)
         self.horizons = list(horizons)
         self.quantiles = [float(q) for q in self.cfg.model.quantiles]
-        self.model = ATFTGATFAN(
+        self.model = build_model(
             len(feature_names), self.horizons, self.quantiles, self.cfg.model, target_scale
         )
         self.loss = MultiHorizonLoss(self.horizons, self.quantiles, self.cfg.loss)

@@ -96,15 +96,19 @@ class RunFolder:
 
     # ---- the start of a run ---------------------------------------------------------------------------
 
-    def create(self, cfg: ATFTConfig, data_path: Path) -> None:
-        """Make the folders and write ``config.yaml`` and ``run.json`` for a new run."""
+    def create(self, cfg: ATFTConfig, data_path: Path, fold: int | None = None) -> None:
+        """Make the folders and write ``config.yaml`` and ``run.json`` (the dataset, and the walk-forward fold
+        when it is not the last) for a new run."""
         for sub in (self.root, self.checkpoints, self.predictions):
             sub.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
-        _atomic_text(self.info_file, json.dumps({"data_path": str(Path(data_path).resolve())}, indent=2))
+        info: dict[str, Any] = {"data_path": str(Path(data_path).resolve())}
+        if fold is not None:
+            info["fold"] = int(fold)
+        atomic_text(self.info_file, json.dumps(info, indent=2))
 
     def write_config(self, cfg: ATFTConfig) -> None:
-        _atomic_text(self.config_file, OmegaConf.to_yaml(cfg))
+        atomic_text(self.config_file, OmegaConf.to_yaml(cfg))
 
     def clear_unstarted(self) -> bool:
         """Remove what a run that never wrote a checkpoint left (config, logs, empty folders), so that its
@@ -146,6 +150,21 @@ class RunFolder:
                 f"{path} (the dataset named in {self.info_file}) does not exist: rebuild it with `atft data build`"
             )
         return path
+
+    def fold(self) -> int | None:
+        """The walk-forward fold the run trains on (``run.json``); None means the last fold."""
+        info = self._read_json(self.info_file, required=True)
+        fold = info.get("fold") if isinstance(info, dict) else None
+        return int(fold) if fold is not None else None
+
+    def fold_run(self, fold: int) -> RunFolder:
+        """The run folder of one fold when ``atft train`` trains every walk-forward fold: ``fold_<k>/``."""
+        return RunFolder(self.root / f"fold_{fold}", self.rank)
+
+    def write_folds(self, record: dict[str, Any]) -> None:
+        """``folds.json``: each fold's summary and their mean, beside the ``fold_<k>/`` run folders."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_text(self.root / "folds.json", json.dumps(json_ready(record), indent=2, default=str))
 
     def recorded_data_path(self) -> Path | None:
         """The dataset named in ``run.json`` without checking it still exists (None when unreadable)."""
@@ -281,7 +300,7 @@ class RunFolder:
 
     def write_predictions(self, split: str, frame: pl.DataFrame) -> None:
         self.predictions.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.predictions_file(split), frame.write_parquet)
+        atomic_write(self.predictions_file(split), frame.write_parquet)
 
     def read_predictions(self, split: str) -> pl.DataFrame:
         """The forecasts training wrote for ``split`` (predictions/<split>.parquet)."""
@@ -304,7 +323,7 @@ class RunFolder:
         )
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_text(self.summary_file, json.dumps(summary, indent=2, default=str))
+        atomic_text(self.summary_file, json.dumps(summary, indent=2, default=str))
 
     def read_summary(self) -> dict[str, Any] | None:
         return self._read_json(self.summary_file, required=False)
@@ -325,14 +344,29 @@ class RunFolder:
         out = self.eval_dir(split)
         out.mkdir(parents=True, exist_ok=True)
         text = result.to_json() + "\n"  # serialized first: a failure here leaves nothing half-done
-        _atomic_write(out / "predictions.parquet", preds.write_parquet)
-        _atomic_write(out / "per_day.parquet", result.per_day.write_parquet)
-        _atomic_text(out / "metrics.json", text)
+        atomic_write(out / "predictions.parquet", preds.write_parquet)
+        atomic_write(out / "per_day.parquet", result.per_day.write_parquet)
+        atomic_text(out / "metrics.json", text)
         return out
 
     def read_evaluation(self, split: str = "test") -> dict[str, Any] | None:
         """``eval/metrics.json`` of a segment, or None when ``atft evaluate`` has not run."""
         return self._read_json(self.eval_dir(split) / "metrics.json", required=False)
+
+    def read_per_day(self, split: str = "test") -> pl.DataFrame | None:
+        """``eval/per_day.parquet`` of a segment (one row per day and horizon), or None before ``atft evaluate``."""
+        path = self.eval_dir(split) / "per_day.parquet"
+        return _read_parquet(path, f"run `atft evaluate {self.root}` again") if path.is_file() else None
+
+    def read_backtest(self, strategy: str, horizon: int) -> tuple[pl.DataFrame, dict[str, Any]] | None:
+        """A backtest's daily series and summary record, or None before ``atft backtest``."""
+        out = self.backtest_dir(strategy, horizon)
+        if not (out / "summary.json").is_file() or not (out / "daily.parquet").is_file():
+            return None
+        hint = f"run `atft backtest {self.root} --strategy {strategy} --horizon {horizon}` again"
+        return _read_parquet(out / "daily.parquet", hint), self._read_json(
+            out / "summary.json", required=True
+        )
 
     def backtest_dir(self, strategy: str, horizon: int) -> Path:
         return self.root / "backtest" / f"{strategy}_{horizon}d"
@@ -342,16 +376,16 @@ class RunFolder:
     ) -> Path:
         out = self.backtest_dir(strategy, horizon)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "daily.parquet", daily.write_parquet)
-        _atomic_text(out / "summary.json", json.dumps(json_ready(record), indent=2, default=str) + "\n")
+        atomic_write(out / "daily.parquet", daily.write_parquet)
+        atomic_text(out / "summary.json", json.dumps(json_ready(record), indent=2, default=str) + "\n")
         return out
 
     def write_report(self, markdown: str, html: str | None = None) -> tuple[Path, Path | None]:
         """Write ``report.md`` (and ``report.html``); the plots go to :attr:`report_dir` before this."""
-        _atomic_text(self.report_md, markdown)
+        atomic_text(self.report_md, markdown)
         if html is None:
             return self.report_md, None
-        _atomic_text(self.report_html, html)
+        atomic_text(self.report_html, html)
         return self.report_md, self.report_html
 
     # ---- helpers ----------------------------------------------------------------------------------------
@@ -389,7 +423,7 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines()[0] if text else type(error).__name__)[:160]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a hidden sibling of ``path``, then rename it over ``path`` (atomic on one disk)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -399,8 +433,8 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
+def atomic_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def _json_default(value: Any) -> Any:

@@ -8,12 +8,19 @@ run folder. DDP worker processes re-run the user's command: ``is_launcher`` tell
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 
 from atft.config import ATFTConfig
 from atft.config.schema import TrainerConfig, parse_monitor
@@ -83,7 +90,13 @@ class RunTrainer:
 
 
 def build_trainer(
-    cfg: ATFTConfig, folder: RunFolder, hardware: Hardware, horizons: list[int], *, progress_bar: bool = True
+    cfg: ATFTConfig,
+    folder: RunFolder,
+    hardware: Hardware,
+    horizons: list[int],
+    *,
+    progress_bar: bool = True,
+    extra: Sequence[Callback] = (),
 ) -> RunTrainer:
     """A Lightning trainer with the run's guards, logger, best/last checkpoints and early stopping."""
     early = cfg.train.early_stopping
@@ -113,6 +126,7 @@ def build_trainer(
         callbacks.insert(4, cb.HeadDiagnostics(folder))
     if os.environ.get(cb.CRASH_ENV):
         callbacks.append(cb.CrashAfterEpoch(int(os.environ[cb.CRASH_ENV])))
+    callbacks.extend(extra)
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     trainer = L.Trainer(

@@ -32,7 +32,7 @@ def evaluate_run(
     cfg, dataset = folder.read_config(), DatasetFolder(folder.data_path())
     checkpoint = folder.selected_checkpoint()
     folder.check_checkpoint(checkpoint)  # a damaged file is named before the panel is loaded
-    run = load_run_data(cfg, dataset, say=say)
+    run = load_run_data(cfg, dataset, fold=folder.fold(), say=say)
     if split not in run.data.datasets or not len(run.data.datasets[split]):
         raise ValueError(f"the {split} segment of {dataset.root} has no trading days to evaluate")
     say(f"forecasting the {split} segment with {checkpoint.name}")

@@ -46,15 +46,35 @@ def day_graph(
     )
 
 
-def load_run_data(cfg: ATFTConfig, dataset: DatasetFolder, *, say: Say = print) -> RunData:
-    """Guard the dataset, load its panel and serve the last walk-forward fold's segments (with the day graph)."""
+def pick_fold(folds: list[Split], fold: int | None) -> Split:
+    """Fold ``fold`` of the splits (None: the last), or an error naming data.split.n_folds."""
+    if fold is None:
+        return folds[-1]
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold {fold} does not exist: data.split.n_folds gives folds 0..{len(folds) - 1}")
+    return folds[fold]
+
+
+def load_run_data(
+    cfg: ATFTConfig,
+    dataset: DatasetFolder,
+    *,
+    fold: int | None = None,
+    with_test: bool = True,
+    say: Say = print,
+) -> RunData:
+    """Guard the dataset, load its panel and serve one fold's segments (with the day graph).
+
+    ``fold`` numbers the walk-forward folds from 0 (the oldest); None takes the last one. Without
+    ``with_test`` the test segment is never served (a search that must not look at the test days).
+    """
     say("checking the dataset (guard)")
     guard_dataset(dataset, cfg).raise_if_failed()
     dataset.check_horizons(list(cfg.data.horizons))
 
     say("loading the panel")
     panel = DayPanel.load(dataset, labels=[f"target_{h}d" for h in cfg.data.horizons])
-    split = splits_from_config(dataset.calendar(), cfg)[-1]
+    split = pick_fold(splits_from_config(dataset.calendar(), cfg), fold)
     data = DayDataModule.from_split(
         panel,
         split,
@@ -65,5 +85,7 @@ def load_run_data(cfg: ATFTConfig, dataset: DatasetFolder, *, say: Say = print) 
         num_workers=cfg.train.num_workers,
         graph=day_graph(panel, cfg, dataset),
     )
+    if not with_test:
+        data.ranges["test"] = None
     data.setup()
     return RunData(dataset, panel, split, data)

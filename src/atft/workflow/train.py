@@ -12,16 +12,18 @@ import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import polars as pl
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from atft.config import ATFTConfig
+from atft.data.splits import splits_from_config
 from atft.evaluation.evaluate import oracle_daily
 from atft.evaluation.metrics import as_float, horizon_metrics, present
 from atft.features.dataset import DatasetFolder
@@ -56,7 +58,8 @@ def new_run_dir(runs_dir: str | Path, run_name: str | None) -> Path:
         return Path(os.environ[RUN_DIR_ENV])  # the launcher's folder, whatever the timestamp is now
     name = run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = RunFolder(Path(runs_dir) / name)
-    if folder.is_run() and (folder.has_checkpoint() or folder.is_finished()):
+    started = [folder, *(RunFolder(p) for p in sorted(folder.root.glob("fold_*")))]
+    if any(f.is_run() and (f.has_checkpoint() or f.is_finished()) for f in started):
         raise RunFolderError(
             f"{folder.root} already holds a run: pick another --run-name, or continue it with --resume {folder.root}"
         )
@@ -89,7 +92,9 @@ def resume_config(run_dir: Path, max_epochs: int | None = None) -> tuple[ATFTCon
     return cfg, folder.data_path()
 
 
-def open_run_folder(cfg: ATFTConfig, data_path: Path, run_dir: Path, *, resume: bool) -> RunFolder:
+def open_run_folder(
+    cfg: ATFTConfig, data_path: Path, run_dir: Path, *, resume: bool, fold: int | None = None
+) -> RunFolder:
     """The run folder, set up for a new run (config.yaml, run.json) or checked for a resume."""
     folder = RunFolder(run_dir, 0 if is_launcher() else 1)  # RunLogger.setup sets the true global rank
     if not is_launcher():
@@ -100,7 +105,7 @@ def open_run_folder(cfg: ATFTConfig, data_path: Path, run_dir: Path, *, resume: 
         folder.check_checkpoint(folder.last_checkpoint)
     else:
         folder.clear_unstarted()
-        folder.create(cfg, data_path)
+        folder.create(cfg, data_path, fold)
     return folder
 
 
@@ -263,22 +268,37 @@ def train_run(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    fold: int | None = None,
+    with_test: bool = True,
+    callbacks: Sequence[Callback] = (),
+    init_from: Path | None = None,
     say: Say = print,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Train one model on ``data_path`` into ``run_dir``; returns the summary written to summary.json."""
+    """Train one model on fold ``fold`` of ``data_path`` (None: the last fold) into ``run_dir``; returns the
+    summary written to summary.json. Without ``with_test`` the test segment is neither served nor forecast;
+    ``callbacks`` are added to the trainer's (a search's pruning, for instance); ``init_from`` starts from
+    another run's checkpoint weights (a warm start: the same model and features)."""
     started = time.time()
     data_path = Path(data_path)
-    folder = open_run_folder(cfg, data_path, Path(run_dir), resume=resume)
+    folder = open_run_folder(cfg, data_path, Path(run_dir), resume=resume, fold=fold)
+    if resume:
+        fold = folder.fold()
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    run = load_run_data(cfg, DatasetFolder(data_path), say=say)
+    run = load_run_data(cfg, DatasetFolder(data_path), fold=fold, with_test=with_test, say=say)
     hardware = resolve_hardware(cfg.train.trainer)
     for note in hardware.notes:
         say(note)
         folder.event("hardware_fallback", message=note)
     module = build_module(cfg, run)
-    run_trainer = build_trainer(cfg, folder, hardware, list(cfg.data.horizons), progress_bar=progress_bar)
+    if init_from is not None and not resume:
+        state = RunFolder(Path(init_from).parent.parent).load_checkpoint(Path(init_from))["state_dict"]
+        module.load_state_dict(state)
+        folder.event("warm_start", checkpoint=str(init_from))
+    run_trainer = build_trainer(
+        cfg, folder, hardware, list(cfg.data.horizons), progress_bar=progress_bar, extra=callbacks
+    )
     n_params = count_parameters(module.model)
     say(f"training ({n_params:,} parameters)")
     fit(run_trainer, module, run, folder, hardware, resume=resume)
@@ -292,3 +312,34 @@ def train_run(
     folder.write_summary(summary)
     folder.event("end", seconds=summary["seconds"], best_epoch=summary["best_epoch"])
     return summary
+
+
+def train_every_fold(
+    cfg: ATFTConfig,
+    data_path: str | Path,
+    run_dir: str | Path,
+    *,
+    say: Say = print,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train one model per walk-forward fold into ``run_dir/fold_<k>/`` and write ``folds.json`` with each
+    fold's summary and the mean of their validation and test metrics: every fold counts, not just the last."""
+    n_folds = len(splits_from_config(DatasetFolder(data_path).calendar(), cfg))
+    parent = RunFolder(run_dir)
+    summaries = []
+    for k in range(n_folds):
+        say(f"fold {k} of folds 0..{n_folds - 1}")
+        summaries.append(
+            train_run(cfg, data_path, parent.fold_run(k).root, fold=k, say=say, progress_bar=progress_bar)
+        )
+    if not all(summaries):  # a DDP worker process: rank 0 writes
+        return {}
+    record = {"n_folds": n_folds, "folds": summaries}
+    for segment in ("valid", "test"):
+        per_fold = [s.get(f"{segment}_metrics") or {} for s in summaries]
+        keys = sorted(set().union(*per_fold))
+        record[f"mean_{segment}_metrics"] = {
+            key: float(np.nanmean([m.get(key, np.nan) for m in per_fold])) for key in keys
+        }
+    parent.write_folds(record)
+    return record

@@ -1,0 +1,319 @@
+"""``atft compare``: several models trained and scored on the same purged splits and the same test rows.
+
+Each unit of work is one (model, seed, fold): a deep model (ATFT-GAT-FAN, APEX-Ranker) is trained by the
+training engine into its own run folder; a baseline is fitted on the fold's served rows. Every unit's test
+forecasts are scored the same way (``evaluate_predictions``: RankIC, ICIR, t-stats; the 5-day staggered
+long-short book after costs; the oracle's capture on synthetic data), and its results are kept under
+``units/`` so that an interrupted comparison resumes from the finished units. The table gives each model's
+mean ± std over seeds (folds first averaged within a seed), and a paired test of the first model against
+each other one on the daily RankIC difference (Newey-West t-stat with h - 1 lags). docs/compare.md.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from atft.config import ATFTConfig, load_config
+from atft.data.splits import splits_from_config
+from atft.evaluation.backtest import backtest
+from atft.evaluation.evaluate import evaluate_predictions
+from atft.evaluation.stats import paired_daily
+from atft.features.dataset import DatasetFolder
+from atft.reporting.compare_report import plot_compare, render_compare_markdown
+from atft.training.run_folder import RunFolder
+from atft.workflow.baselines import BASELINES
+from atft.workflow.compare_folder import CompareFolder, UnitRecord
+from atft.workflow.run_data import RunData, load_run_data
+from atft.workflow.train import train_run
+
+DEEP_MODELS = {"atft": "atft_gat_fan", "apex": "apex"}
+SEEDED = {"atft", "apex", "lgbm", "random"}
+BOOK_HORIZON = 5  # the staggered book every model is traded as
+
+Progress = Callable[[str, int, int], None]
+
+
+def known_models() -> list[str]:
+    return [*DEEP_MODELS, *BASELINES]
+
+
+def parse_models(text: str | Sequence[str]) -> list[str]:
+    """``atft,apex,lgbm`` as a list, refusing unknown names and duplicates with the list of known ones."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in known_models()]
+    if unknown or not names:
+        raise ValueError(
+            f"--models: unknown model(s) {unknown or '(none given)'}; known: {', '.join(known_models())}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--models names a model twice: {','.join(names)}")
+    return names
+
+
+@dataclass
+class CompareResult:
+    """What ``compare`` wrote: the table rows, the paired tests, and where the files are."""
+
+    folder: CompareFolder
+    horizons: list[int]
+    rows: list[dict[str, Any]]
+    paired: list[dict[str, Any]]
+    units: list[UnitRecord] = field(default_factory=list)
+
+
+def compare(
+    data_path: str | Path,
+    out: str | Path,
+    models: Sequence[str],
+    *,
+    seeds: int = 3,
+    preset: str | Path | None = "cpu",
+    overrides: Sequence[str] = (),
+    say: Callable[[str], None] = print,
+    progress: Progress | None = None,
+) -> CompareResult:
+    """Train and score every (model, seed, fold) on the same splits; write the comparison to ``out``.
+
+    The first model is the one the paired tests compare against every other. ``seeds`` applies to the
+    seeded models (deep models, LightGBM, random); rules and the oracle run once.
+    """
+    models = parse_models(models)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    base = load_config(preset, list(overrides)).cfg
+    dataset = DatasetFolder(data_path)
+    n_folds = len(splits_from_config(dataset.calendar(), base))
+    folder = CompareFolder(out)
+    folder.start(models=models, seeds=seeds, n_folds=n_folds, data_path=str(Path(data_path).resolve()),
+                 preset=str(preset), overrides=list(overrides))  # fmt: skip
+    units = [
+        (model, seed, fold)
+        for fold in range(n_folds)
+        for model in models
+        for seed in (range(seeds) if model in SEEDED else [0])
+    ]
+    records: list[UnitRecord] = []
+    run_data: dict[int, RunData] = {}
+    for i, (model, seed, fold) in enumerate(units):
+        if progress is not None:
+            progress(f"{model} seed {seed} fold {fold}", i, len(units))
+        record = folder.read_unit(model, seed, fold)
+        if record is None:
+            if model in DEEP_MODELS:
+                record = _train_deep(base, preset, overrides, dataset, folder, model, seed, fold, say)
+            else:
+                if fold not in run_data:
+                    run_data.clear()  # one fold's panel at a time
+                    run_data[fold] = load_run_data(base, dataset, fold=fold, say=say)
+                record = _fit_baseline(base, run_data[fold], folder, model, seed, fold)
+            folder.write_unit(record)
+        records.append(record)
+    if progress is not None:
+        progress("tables", len(units), len(units))
+    _check_same_rows(folder, records)
+    horizons = list(base.data.horizons)
+    rows = summarize(records, models, horizons)
+    paired = paired_tests(folder, records, models, horizons)
+    folder.write_tables(rows, paired, render_compare_markdown(rows, paired, horizons, folder.settings()))
+    curves = {m: folder.mean_book_curve(m, [r for r in records if r.model == m]) for m in models}
+    plot_compare(rows, curves, horizons, folder.plot_paths())
+    return CompareResult(folder, horizons, rows, paired, records)
+
+
+# ---- one unit -------------------------------------------------------------------------------------------------
+
+
+def _train_deep(
+    base: ATFTConfig,
+    preset: str | Path | None,
+    overrides: Sequence[str],
+    dataset: DatasetFolder,
+    folder: CompareFolder,
+    model: str,
+    seed: int,
+    fold: int,
+    say: Callable[[str], None],
+) -> UnitRecord:
+    cfg = load_config(
+        preset, [*overrides, f"model.name={DEEP_MODELS[model]}", f"train.seed={base.train.seed + seed}"]
+    ).cfg
+    run_dir = folder.run_dir(model, seed, fold)
+    run = RunFolder(run_dir)
+    reset_peak_memory()
+    started = time.time()
+    if run.is_finished():
+        summary = run.read_summary() or {}
+    else:
+        if run.root.exists():  # an interrupted unit starts again: only finished runs are reused
+            shutil.rmtree(run.root)
+        summary = train_run(cfg, dataset.root, run_dir, fold=fold, say=say, progress_bar=False)
+    seconds = float(summary.get("seconds", time.time() - started))
+    preds = run.read_predictions("test")
+    return score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
+                      parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+
+
+def _fit_baseline(
+    cfg: ATFTConfig, run: RunData, folder: CompareFolder, model: str, seed: int, fold: int
+) -> UnitRecord:
+    reset_peak_memory()
+    started = time.time()
+    estimator = BASELINES[model](cfg.train.seed + seed)
+    preds = estimator.fit(run).predict(run, "test")
+    seconds = time.time() - started
+    return score_unit(cfg, run.dataset, model, seed, fold, preds, seconds=seconds,
+                      parameters=int(getattr(estimator, "n_parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+
+
+def score_unit(
+    cfg: ATFTConfig,
+    dataset: DatasetFolder,
+    model: str,
+    seed: int,
+    fold: int,
+    preds: pl.DataFrame,
+    *,
+    seconds: float,
+    parameters: int,
+    peak_mb: float,
+) -> UnitRecord:
+    """Score one unit's test forecasts: the evaluation and the 5-day staggered long-short book."""
+    evaluation = evaluate_predictions(
+        preds, oracle=dataset.oracle(), cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile
+    )
+    signals = preds.filter(pl.col("horizon") == BOOK_HORIZON).select("date", "code", "prediction")
+    book = backtest(
+        signals,
+        dataset.daily_returns(),
+        strategy="long_short",
+        quantile=cfg.eval.quantile,
+        holding_days=BOOK_HORIZON,
+        cost_bps=cfg.eval.cost_bps,
+    )
+    return UnitRecord(
+        model=model,
+        seed=seed,
+        fold=fold,
+        metrics=evaluation.metrics,
+        book=book.summary,
+        seconds=round(seconds, 2),
+        parameters=parameters,
+        peak_mb=round(peak_mb, 1),
+        per_day=evaluation.per_day,
+        book_daily=book.daily,
+        keys=preds.select("date", "code", "horizon").sort("date", "code", "horizon"),
+    )
+
+
+def _check_same_rows(folder: CompareFolder, records: list[UnitRecord]) -> None:
+    """Every unit of a fold must have been scored on the exact same (date, code, horizon) test rows."""
+    for fold in sorted({r.fold for r in records}):
+        first = None
+        for record in (r for r in records if r.fold == fold):
+            keys = folder.read_keys(record)
+            if first is None:
+                first = (record, keys)
+            elif not keys.equals(first[1]):
+                raise ValueError(
+                    f"fold {fold}: {record.model} (seed {record.seed}) was scored on other test rows than "
+                    f"{first[0].model} ({keys.height:,} against {first[1].height:,}): the comparison is not fair"
+                )
+
+
+# ---- the table ------------------------------------------------------------------------------------------------
+
+
+def unit_values(record: UnitRecord, horizons: list[int]) -> dict[str, float]:
+    """The numbers of one unit that the table shows, flat."""
+    out: dict[str, float] = {}
+    for h in horizons:
+        m = record.metrics.get(f"{h}d", {})
+        for key in ("rankic", "icir", "rankic_tstat", "rankic_nw_tstat", "capture"):
+            out[f"{key}_{h}d"] = _num(m.get(key))
+    for key in ("sharpe", "annual_return", "max_drawdown", "mean_turnover"):
+        out[f"book_{key}"] = _num(record.book.get(key))
+    out["seconds"], out["parameters"], out["peak_mb"] = record.seconds, record.parameters, record.peak_mb
+    return out
+
+
+def summarize(records: list[UnitRecord], models: list[str], horizons: list[int]) -> list[dict[str, Any]]:
+    """One row per model: each value's mean and std over seeds (a seed's folds are averaged first)."""
+    rows = []
+    for model in models:
+        mine = [r for r in records if r.model == model]
+        seeds = sorted({r.seed for r in mine})
+        per_seed = []
+        for seed in seeds:
+            units = [unit_values(r, horizons) for r in mine if r.seed == seed]
+            per_seed.append({k: float(np.nanmean([u[k] for u in units])) if _any_finite(units, k) else math.nan
+                             for k in units[0]})  # fmt: skip
+        row: dict[str, Any] = {"model": model, "seeds": len(seeds), "folds": len({r.fold for r in mine})}
+        for key in per_seed[0]:
+            values = np.array([p[key] for p in per_seed], dtype=float)
+            finite = values[np.isfinite(values)]
+            row[key] = float(finite.mean()) if finite.size else math.nan
+            row[f"{key}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+        rows.append(row)
+    return rows
+
+
+def paired_tests(
+    folder: CompareFolder, records: list[UnitRecord], models: list[str], horizons: list[int]
+) -> list[dict[str, Any]]:
+    """The first model against each other one, per horizon, on the daily RankIC difference (seeds averaged
+    per day first; folds' test blocks are disjoint, so their days are simply pooled)."""
+    daily = {m: mean_daily_rankic(folder, [r for r in records if r.model == m]) for m in models}
+    first = models[0]
+    out = []
+    for other in models[1:]:
+        for h in horizons:
+            a = daily[first].filter(pl.col("horizon") == h)
+            b = daily[other].filter(pl.col("horizon") == h)
+            test = paired_daily(a, b, column="rankic", horizon=h)
+            out.append({"model": first, "against": other, "horizon": h, **test})
+    return out
+
+
+def mean_daily_rankic(folder: CompareFolder, records: list[UnitRecord]) -> pl.DataFrame:
+    """(date, horizon, rankic): a model's daily RankIC, averaged over its seeds."""
+    frames = [folder.read_per_day(r).select("date", "horizon", "rankic") for r in records]
+    return pl.concat(frames).group_by("date", "horizon").agg(pl.col("rankic").mean()).sort("horizon", "date")
+
+
+# ---- peak memory --------------------------------------------------------------------------------------------
+
+
+def reset_peak_memory() -> None:
+    """Reset this process's peak resident set (Linux: ``/proc/self/clear_refs``), so each unit gets its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process since the last reset, in MB (NaN where unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and value is not None else math.nan
+
+
+def _any_finite(units: list[dict[str, float]], key: str) -> bool:
+    return any(math.isfinite(u[key]) for u in units)

@@ -1,0 +1,109 @@
+"""``atft compare``: the same rows for every model, the table, the paired test, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from test_training import TINY
+from typer.testing import CliRunner
+
+from atft.cli.app import app
+from atft.evaluation.stats import paired_daily
+from atft.workflow.compare import compare, parse_models, summarize
+from atft.workflow.compare_folder import CompareFolder, CompareFolderError
+
+runner = CliRunner()
+ONE_EPOCH = [*TINY, "train.scheduler.warmup_epochs=0", "train.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    result = compare(
+        tiny_dataset, out, ["atft", "ridge", "momentum", "reversal", "random"], seeds=2, preset=None,
+        overrides=ONE_EPOCH, say=lambda s: None,
+    )  # fmt: skip
+    return out, result
+
+
+def test_every_model_is_scored_on_the_same_rows(compared):
+    out, result = compared
+    folder = CompareFolder(out)
+    keys = [folder.read_keys(r) for r in result.units]
+    assert len(result.units) == 2 + 1 + 1 + 1 + 2  # atft and random have two seeds each
+    assert all(k.equals(keys[0]) for k in keys) and keys[0].height > 0
+    assert keys[0].select("date", "code", "horizon").is_duplicated().sum() == 0
+
+
+def test_the_table_has_one_row_per_model_with_the_seed_spread(compared):
+    out, result = compared
+    rows = {row["model"]: row for row in result.rows}
+    assert list(rows) == ["atft", "ridge", "momentum", "reversal", "random"]
+    assert rows["atft"]["seeds"] == 2 and rows["ridge"]["seeds"] == 1
+    atft = [r for r in result.units if r.model == "atft"]
+    values = [r.metrics["5d"]["rankic"] for r in atft]
+    assert rows["atft"]["rankic_5d"] == pytest.approx(np.mean(values))
+    assert rows["atft"]["rankic_5d_std"] == pytest.approx(np.std(values, ddof=1))
+    assert np.isnan(rows["ridge"]["rankic_5d_std"])  # one seed: no spread
+    assert rows["momentum"]["rankic_5d"] == pytest.approx(-rows["reversal"]["rankic_5d"], abs=0.2)  # sanity
+    for name in ("compare.md", "compare.csv", "compare.json", "cumulative_net.png", "rankic.png"):
+        assert (out / name).is_file(), name
+    text = (out / "compare.md").read_text()
+    assert "Paired tests: atft against each model" in text and "book Sharpe" in text
+    csv = pl.read_csv(out / "compare.csv")
+    assert csv["model"].to_list() == list(rows)
+
+
+def test_the_paired_test_is_the_daily_rankic_difference(compared):
+    out, result = compared
+    folder = CompareFolder(out)
+
+    def daily(model):
+        frames = [folder.read_per_day(r) for r in result.units if r.model == model]
+        return pl.concat(frames).group_by("date", "horizon").agg(pl.col("rankic").mean())
+
+    a, b = daily("atft"), daily("ridge")
+    got = next(p for p in result.paired if p["against"] == "ridge" and p["horizon"] == 5)
+    want = paired_daily(a.filter(pl.col("horizon") == 5), b.filter(pl.col("horizon") == 5), horizon=5)
+    assert got["mean_diff"] == pytest.approx(want["mean_diff"]) and got["nw_tstat"] == pytest.approx(
+        want["nw_tstat"]
+    )
+    assert got["lags"] == 4
+
+
+def test_compare_resumes_from_the_finished_units(compared, tiny_dataset):
+    out, result = compared
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/unit.json")}
+    again = compare(tiny_dataset, out, ["atft", "ridge", "momentum", "reversal", "random"], seeds=2, preset=None,
+                    overrides=ONE_EPOCH, say=lambda s: None)  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/unit.json")} == stamps
+    assert again.rows == result.rows or json.dumps(again.rows, default=str) == json.dumps(
+        result.rows, default=str
+    )
+
+
+def test_compare_refuses_bad_input(compared, tiny_dataset, tmp_path):
+    out, _ = compared
+    with pytest.raises(ValueError, match="unknown model.*'xgb'.*known: atft"):
+        parse_models("atft,xgb")
+    with pytest.raises(ValueError, match="twice"):
+        parse_models("ridge,ridge")
+    with pytest.raises(CompareFolderError, match="other settings"):
+        compare(tiny_dataset, out, ["ridge"], seeds=2, preset=None, overrides=ONE_EPOCH, say=lambda s: None)
+    result = runner.invoke(app, ["compare", "--data-path", str(tiny_dataset), "--models", "ridge,nope",
+                                 "--out", str(tmp_path / "c")])  # fmt: skip
+    assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_summarize_averages_folds_within_a_seed_first():
+    from atft.workflow.compare_folder import UnitRecord
+
+    def unit(seed, fold, r):
+        return UnitRecord("m", seed, fold, {"5d": {"rankic": r}}, {}, 1.0, 0, 0.0)
+
+    rows = summarize([unit(0, 0, 0.1), unit(0, 1, 0.3), unit(1, 0, 0.0), unit(1, 1, 0.2)], ["m"], [5])
+    assert rows[0]["rankic_5d"] == pytest.approx(0.15)  # seed means 0.2 and 0.1
+    assert rows[0]["rankic_5d_std"] == pytest.approx(np.std([0.2, 0.1], ddof=1))
