@@ -32,6 +32,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 SMALL = ["model.apex.d_model=16", "model.apex.n_heads=2", "model.apex.n_layers=1"]
 
 
@@ -66,7 +68,9 @@ def test_shapes_and_the_engine_attributes(overrides):
     assert torch.equal(model.eval()(x, edge_index, edge_attr)["point"], model(x)["point"])
     # what the engine and its callbacks read
     assert model.gate_stats is None and model.selection_weights is None
-    assert len(model.heads) == 4 and all(hasattr(h, "reset_parameters") and hasattr(h, "out") for h in model.heads)
+    assert len(model.heads) == 4 and all(
+        hasattr(h, "reset_parameters") and hasattr(h, "out") for h in model.heads
+    )
     model.train()
     model(x)["point"].sum().backward()
     for name, part in model.named_children():  # the gradient monitor's groups: each one learns
@@ -77,9 +81,18 @@ def test_shapes_and_the_engine_attributes(overrides):
 
 @pytest.mark.parametrize(
     ("length", "patch_len", "stride", "pad", "n_patches"),
-    [(20, 5, 5, 0, 4), (20, 16, 8, 4, 2), (60, 5, 5, 0, 12), (21, 5, 5, 4, 5), (20, 5, 3, 0, 6), (3, 5, 5, 2, 1)],
+    [
+        (20, 5, 5, 0, 4),
+        (20, 16, 8, 4, 2),
+        (60, 5, 5, 0, 12),
+        (21, 5, 5, 4, 5),
+        (20, 5, 3, 0, 6),
+        (3, 5, 5, 2, 1),
+    ],
 )
-def test_patches_tile_the_padded_window_and_the_last_ends_on_the_last_day(length, patch_len, stride, pad, n_patches):
+def test_patches_tile_the_padded_window_and_the_last_ends_on_the_last_day(
+    length, patch_len, stride, pad, n_patches
+):
     assert patch_layout(length, patch_len, stride) == (pad, n_patches)
     assert (length + pad - patch_len) % stride == 0 or length <= patch_len
     last_end = (n_patches - 1) * stride + patch_len - 1 - pad  # index of the last patch's last day, unpadded
@@ -172,7 +185,9 @@ def test_a_tiny_model_learns_to_rank_a_tiny_random_panel():
     for d in (slice(0, 16), slice(16, 32)):  # Spearman within each day and horizon
         ranks_p = point[d].argsort(0).argsort(0).float()
         ranks_y = batch["y"][d].argsort(0).argsort(0).float()
-        rho = torch.stack([torch.corrcoef(torch.stack([ranks_p[:, j], ranks_y[:, j]]))[0, 1] for j in range(4)])
+        rho = torch.stack(
+            [torch.corrcoef(torch.stack([ranks_p[:, j], ranks_y[:, j]]))[0, 1] for j in range(4)]
+        )
         assert (rho > 0.9).all(), rho
 
 
@@ -235,7 +250,13 @@ def apex_run(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_a_tiny_apex_run_trains_forecasts_and_evaluates(apex_run):
     run_dir, summary = apex_run
-    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/best.ckpt", "predictions/test.parquet"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "predictions/test.parquet",
+    ):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     metrics = on_disk["test_metrics"]

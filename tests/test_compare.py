@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from atft.cli.app import app
 from atft.evaluation.stats import paired_daily
-from atft.workflow.compare import compare, parse_models, summarize
+from atft.workflow.compare import compare, parse_models, seed_counts, summarize
 from atft.workflow.compare_folder import CompareFolder, CompareFolderError
 
 runner = CliRunner()
@@ -91,8 +91,13 @@ def test_compare_refuses_bad_input(compared, tiny_dataset, tmp_path):
         parse_models("atft,xgb")
     with pytest.raises(ValueError, match="twice"):
         parse_models("ridge,ridge")
-    with pytest.raises(CompareFolderError, match="other settings"):
-        compare(tiny_dataset, out, ["ridge"], seeds=2, preset=None, overrides=ONE_EPOCH, say=lambda s: None)
+    with pytest.raises(CompareFolderError, match="other settings.*overrides"):
+        compare(
+            tiny_dataset, out, ["ridge"], seeds=2, preset=None, overrides=[*ONE_EPOCH, "eval.cost_bps=20"]
+        )
+    with pytest.raises(ValueError, match="seed count after ':'"):
+        seed_counts("atft:x,ridge", 3)
+    assert seed_counts("atft:1,lgbm,ridge", 3) == {"atft": 1, "lgbm": 3, "ridge": 1}
     result = runner.invoke(app, ["compare", "--data-path", str(tiny_dataset), "--models", "ridge,nope",
                                  "--out", str(tmp_path / "c")])  # fmt: skip
     assert result.exit_code == 2 and "unknown model" in result.output
@@ -107,3 +112,15 @@ def test_summarize_averages_folds_within_a_seed_first():
     rows = summarize([unit(0, 0, 0.1), unit(0, 1, 0.3), unit(1, 0, 0.0), unit(1, 1, 0.2)], ["m"], [5])
     assert rows[0]["rankic_5d"] == pytest.approx(0.15)  # seed means 0.2 and 0.1
     assert rows[0]["rankic_5d_std"] == pytest.approx(np.std([0.2, 0.1], ddof=1))
+
+
+def test_a_comparison_grows_with_new_models_and_reuses_its_units(compared, tiny_dataset):
+    out, _ = compared
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/unit.json")}
+    grown = compare(tiny_dataset, out, "atft:1,ridge,ridge_graph", seeds=2, preset=None, overrides=ONE_EPOCH,
+                    say=lambda s: None)  # fmt: skip
+    assert [r["model"] for r in grown.rows] == ["atft", "ridge", "ridge_graph"]
+    assert grown.rows[0]["seeds"] == 1
+    for path, stamp in stamps.items():
+        assert path.stat().st_mtime_ns == stamp  # nothing finished was redone
+    assert CompareFolder(out).settings()["seeds"] == {"atft": 1, "ridge": 1, "ridge_graph": 1}

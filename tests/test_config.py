@@ -298,7 +298,7 @@ def test_model_name_apex_and_its_section():
         ("model.apex.d_model=4", ">= 8"),
         ("model.apex.n_layers=0", ">= 1"),
         ("model.apex.n_heads=0", ">= 1"),
-        ("model.apex.dropout=1", "< 1"),
+        ("model.apex.dropout=1", "in [0, 1)"),
         ("model.apex.max_patches=0", ">= 1"),
     ],
 )

@@ -9,6 +9,7 @@ from atft.cli import data as data_cli
 from atft.cli.compare import compare
 from atft.cli.demo import demo
 from atft.cli.evaluate import backtest, diagnose, evaluate
+from atft.cli.experiment import experiment
 from atft.cli.rolling import rolling
 from atft.cli.train import train
 
@@ -25,6 +26,7 @@ app.command()(evaluate)
 app.command()(backtest)
 app.command()(diagnose)
 app.command()(compare)
+app.command()(experiment)
 app.command()(rolling)
 app.command(help="Run the main job on the built-in synthetic market and print where the results are.")(demo)
 

@@ -68,7 +68,8 @@ class PatchEmbedding(nn.Module):
         pad, _ = patch_layout(length, self.patch_len, self.stride)
         series = x.transpose(1, 2)  # [N, F, L]
         if pad:  # repeat the first day: the padding carries no day the window does not hold
-            series = torch.cat([series[..., :1].expand(n, n_features, pad), series], dim=-1)  # [N, F, L + pad]
+            first = series[..., :1].expand(n, n_features, pad)  # [N, F, pad]
+            series = torch.cat([first, series], dim=-1)  # [N, F, L + pad]
         return series.unfold(-1, self.patch_len, self.stride)  # [N, F, P, patch_len]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N * F, P, D]

@@ -39,8 +39,9 @@ def render_compare_markdown(
         "# Model comparison",
         "",
         f"Dataset `{settings.get('data_path')}`, preset `{settings.get('preset')}`, "
-        f"overrides `{' '.join(settings.get('overrides') or []) or '-'}`; {settings.get('seeds')} seed(s) for "
-        f"the seeded models, {settings.get('n_folds')} fold(s). Every model is scored on the same test rows. "
+        f"overrides `{' '.join(settings.get('overrides') or []) or '-'}`; seeds per model "
+        f"{', '.join(f'{m} {k}' for m, k in (settings.get('seeds') or {}).items())}; {settings.get('n_folds')} "
+        "fold(s). Every model is scored on the same test rows. "
         "Values are mean ± std over seeds (a seed's folds averaged first).",
         "",
         "## Ranking: test RankIC per horizon (ICIR, Newey-West t-stat)",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from atft.config import ATFTConfig, load_config
+from atft.config import DEFAULT_PRESET, ATFTConfig, load_config
 from atft.data.splits import splits_from_config
 from atft.evaluation.backtest import backtest
 from atft.evaluation.evaluate import evaluate_predictions
@@ -36,10 +36,28 @@ from atft.workflow.run_data import RunData, load_run_data
 from atft.workflow.train import train_run
 
 DEEP_MODELS = {"atft": "atft_gat_fan", "apex": "apex"}
+# A model trains with its own preset when the comparison runs on the default one: APEX-Ranker's objective
+# (ListNet, RankNet, a small point term) and sizes live in configs/apex.yaml.
+OWN_PRESETS = {"apex": "apex"}
 SEEDED = {"atft", "apex", "lgbm", "random"}
 BOOK_HORIZON = 5  # the staggered book every model is traded as
 
 Progress = Callable[[str, int, int], None]
+
+
+def seed_counts(text: str | Sequence[str], seeds: int) -> dict[str, int]:
+    """Seeds per model: ``seeds`` for the seeded models, 1 for the others, ``name:k`` for k of its own."""
+    counts = {}
+    for item in text.split(",") if isinstance(text, str) else text:
+        name, _, own = item.strip().partition(":")
+        if not name:
+            continue
+        if own and not (own.isdigit() and int(own) >= 1):
+            raise ValueError(
+                f"--models {item.strip()!r}: the seed count after ':' must be a whole number >= 1"
+            )
+        counts[name] = int(own) if own else (seeds if name in SEEDED else 1)
+    return counts
 
 
 def known_models() -> list[str]:
@@ -47,8 +65,13 @@ def known_models() -> list[str]:
 
 
 def parse_models(text: str | Sequence[str]) -> list[str]:
-    """``atft,apex,lgbm`` as a list, refusing unknown names and duplicates with the list of known ones."""
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    """``atft,apex,lgbm`` as a list, refusing unknown names and duplicates with the list of known ones.
+
+    A name may carry its own seed count, ``apex:1`` (a model too slow for every seed); see ``seed_counts``.
+    """
+    names = [
+        n.strip().split(":")[0] for n in (text.split(",") if isinstance(text, str) else text) if n.strip()
+    ]
     unknown = [n for n in names if n not in known_models()]
     if unknown or not names:
         raise ValueError(
@@ -86,20 +109,19 @@ def compare(
     The first model is the one the paired tests compare against every other. ``seeds`` applies to the
     seeded models (deep models, LightGBM, random); rules and the oracle run once.
     """
-    models = parse_models(models)
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    counts = seed_counts(models, seeds)
+    models = parse_models(models)
     base = load_config(preset, list(overrides)).cfg
     dataset = DatasetFolder(data_path)
     n_folds = len(splits_from_config(dataset.calendar(), base))
     folder = CompareFolder(out)
-    folder.start(models=models, seeds=seeds, n_folds=n_folds, data_path=str(Path(data_path).resolve()),
-                 preset=str(preset), overrides=list(overrides))  # fmt: skip
+    folder.start(data_path=str(Path(data_path).resolve()), preset=str(preset), overrides=list(overrides),
+                 n_folds=n_folds)  # fmt: skip
+    folder.record_request(models=models, seeds=counts)
     units = [
-        (model, seed, fold)
-        for fold in range(n_folds)
-        for model in models
-        for seed in (range(seeds) if model in SEEDED else [0])
+        (model, seed, fold) for fold in range(n_folds) for model in models for seed in range(counts[model])
     ]
     records: list[UnitRecord] = []
     run_data: dict[int, RunData] = {}
@@ -127,6 +149,11 @@ def compare(
     curves = {m: folder.mean_book_curve(m, [r for r in records if r.model == m]) for m in models}
     plot_compare(rows, curves, horizons, folder.plot_paths())
     return CompareResult(folder, horizons, rows, paired, records)
+
+
+def model_preset(model: str, preset: str | Path | None) -> str | Path | None:
+    """The preset a deep model trains with: its own (``OWN_PRESETS``) when ``preset`` is the default."""
+    return OWN_PRESETS.get(model, preset) if preset == DEFAULT_PRESET else preset
 
 
 # ---- one unit -------------------------------------------------------------------------------------------------

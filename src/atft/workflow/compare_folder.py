@@ -68,7 +68,7 @@ class CompareFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.settings_file.is_file():
             before = self._read_json(self.settings_file)
-            changed = sorted(k for k in settings if before.get(k) != settings[k])
+            changed = sorted(k for k in settings if k in before and before[k] != settings[k])
             if changed:
                 raise CompareFolderError(
                     f"{self.root} holds a comparison made with other settings ({', '.join(changed)}): "
@@ -76,6 +76,11 @@ class CompareFolder:
                 )
             return
         atomic_text(self.settings_file, json.dumps(settings, indent=2))
+
+    def record_request(self, **request: Any) -> None:
+        """What this call asked for (models, seeds per model): a later call may add models or seeds to the
+        same comparison, whose finished units it reuses; only the dataset and settings must not change."""
+        atomic_text(self.settings_file, json.dumps({**self.settings(), **request}, indent=2))
 
     def settings(self) -> dict[str, Any]:
         return self._read_json(self.settings_file)

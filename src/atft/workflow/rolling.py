@@ -26,7 +26,7 @@ from atft.evaluation.evaluate import evaluate_predictions, json_ready
 from atft.features.dataset import DatasetFolder
 from atft.training.run_folder import RunFolder, atomic_text, atomic_write
 from atft.workflow.baselines import BASELINES
-from atft.workflow.compare import BOOK_HORIZON, DEEP_MODELS
+from atft.workflow.compare import BOOK_HORIZON, DEEP_MODELS, model_preset
 from atft.workflow.run_data import load_run_data
 from atft.workflow.train import train_run
 
@@ -96,7 +96,7 @@ def rolling(
             tokens.append(f"model.name={DEEP_MODELS[model]}")
             if warm_start and previous is not None and warm_epochs is not None:
                 tokens.append(f"train.max_epochs={warm_epochs}")
-        cfg = load_config(preset, tokens).cfg
+        cfg = load_config(model_preset(model, preset), tokens).cfg
         preds, info = _block(
             cfg, dataset, model, root / "blocks" / f"block_{k:03d}", previous, warm_start, say
         )

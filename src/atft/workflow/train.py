@@ -28,6 +28,7 @@ from atft.evaluation.evaluate import oracle_daily
 from atft.evaluation.metrics import as_float, horizon_metrics, present
 from atft.features.dataset import DatasetFolder
 from atft.models.atft_gat_fan import count_parameters
+from atft.models.registry import model_label
 from atft.training.datamodule import DayDataset
 from atft.training.module import ForecastModule, predict_frame
 from atft.training.run_folder import RunFolder, RunFolderError
@@ -179,8 +180,8 @@ def fit(
     if not resume:
         folder.event("start", parameters=n_params, data=run.data.summary(), hardware=hardware.__dict__)
         folder.log(
-            f"ATFT-GAT-FAN: {n_params:,} parameters, {len(run.panel.feature_names)} features, "
-            f"horizons {module.horizons}"
+            f"{model_label(module.cfg.model.name)}: {n_params:,} parameters, {len(run.panel.feature_names)} "
+            f"features, horizons {module.horizons}"
         )
     else:
         folder.event("resume", checkpoint=str(folder.last_checkpoint))

@@ -1,0 +1,92 @@
+"""Benchmark: the comparison tables of the Comparison issue, and the rolling retrain on the real JP sample.
+
+- ``synth``: the demo market (500 stocks x 1,500 days, seed 0), the demo's last walk-forward fold and its
+  3 training epochs, 3 seeds: ATFT-GAT-FAN, APEX-Ranker, LightGBM, ridge, ridge+graph, momentum, reversal,
+  and the oracle as the upper bound.
+- ``jp``: the real sample (../shared/data/jp_large_caps) on explicit segments (train 2019-07-01..2024-04-30,
+  valid 2024-06-03..2025-04-30, test 2025-06-02..2026-05-29), 10 bps per side, 3 seeds, the same models
+  without the oracle.
+- ``rolling``: ATFT-GAT-FAN refit every 21 trading days on 756 days over the JP test segment, as one
+  continuous series.
+
+Each job is an ``atft`` command in a child process (``atft compare`` / ``atft rolling``), resumable: rerun
+the same command and finished units are reused. The tables (compare.md/json/csv, plots, rolling.md/json) are
+copied to ``results/compare_<job>/``; the run folders stay in --work.
+Usage: ``.venv/bin/python benchmarks/bench_compare.py [--work DIR] [--only synth|jp|rolling] [--seeds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness import RESULTS, run_cli
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
+# APEX-Ranker runs one seed: a CPU step costs ~13x ATFT-GAT-FAN's (docs/apex.md)
+MODELS = "atft,apex:1,lgbm,ridge,ridge_graph,momentum,reversal"
+JP_SEGMENTS = [
+    "data.split.mode=explicit",
+    "data.split.train=[2019-07-01,2024-04-30]",
+    "data.split.valid=[2024-06-03,2025-04-30]",
+    "data.split.test=[2025-06-02,2026-05-29]",
+    "eval.cost_bps=10",
+    "train.max_epochs=3",
+]
+KEEP = (
+    "compare.md",
+    "compare.json",
+    "compare.csv",
+    "cumulative_net.png",
+    "rankic.png",
+    "rolling.md",
+    "rolling.json",
+)
+
+
+def keep(out: Path, name: str) -> None:
+    target = RESULTS / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in KEEP:
+        if (out / file).is_file():
+            shutil.copy(out / file, target / file)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--only", choices=("synth", "jp", "rolling"), default=None)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--models", default=None, help="models (name or name:seeds) instead of the default list")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="atft_compare_"))
+    jobs = [args.only] if args.only else ["jp", "synth", "rolling"]
+    if {"jp", "rolling"} & set(jobs):
+        if not (work / "jp").is_dir():
+            run_cli("data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index",
+                    str(SAMPLE / "index_n225.parquet"), "--listed-info", str(SAMPLE / "listed_info.csv"),
+                    "--out", str(work / "jp_raw"))  # fmt: skip
+            run_cli("data", "build", "--raw", str(work / "jp_raw"), "--out", str(work / "jp"))
+    for job in jobs:
+        out = work / f"{job}_out"
+        if job == "synth":
+            if not (work / "synth").is_dir():
+                run_cli("data", "synth", "--out", str(work / "synth_raw"))
+                run_cli("data", "build", "--raw", str(work / "synth_raw"), "--out", str(work / "synth"))
+            timing = run_cli("compare", "--data-path", str(work / "synth"), "--models", args.models or f"{MODELS},oracle",
+                             "--seeds", str(args.seeds), "--out", str(out), "train.max_epochs=3")  # fmt: skip
+        elif job == "jp":
+            timing = run_cli("compare", "--data-path", str(work / "jp"), "--models", args.models or MODELS, "--seeds",
+                             str(args.seeds), "--out", str(out), *JP_SEGMENTS)  # fmt: skip
+        else:
+            timing = run_cli("rolling", "--data-path", str(work / "jp"), "--model", "atft", "--every", "21",
+                             "--train-days", "756", "--start", "2025-06-02", "--end", "2026-05-29", "--out",
+                             str(out), "eval.cost_bps=10", "train.max_epochs=3")  # fmt: skip
+        keep(out, f"compare_{job}")
+        print(job, timing, flush=True)
+
+
+if __name__ == "__main__":
+    main()
