@@ -18,6 +18,12 @@ from atft.reporting.numbers import fmt
 def experiment(
     ctx: typer.Context,
     plan: Path = typer.Argument(..., help="The plan: a YAML file (docs/experiments.md).", show_default=False),
+    overrides: list[str] | None = typer.Argument(
+        None,
+        metavar="KEY=VALUE",
+        help="Config overrides after the plan's base and before each variant's own, e.g. data.split.n_folds=1.",
+        show_default=False,
+    ),
     data_path: Path = typer.Option(
         ..., "--data-path", help="The dataset folder written by `atft data build`."
     ),
@@ -41,6 +47,7 @@ def experiment(
     # -p replaces the plan's base preset only when it is given on the command line
     given = getattr(ctx.get_parameter_source("preset"), "name", "DEFAULT") != "DEFAULT"
     chosen = preset if given else None
+    tokens = list(overrides or ())
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with user_errors(), Progress(*columns, console=err_console) as progress:
         task = progress.add_task("experiment", total=None)
@@ -49,9 +56,13 @@ def experiment(
             progress.update(task, description=escape(description), completed=done, total=total)
 
         if search is not None:
-            found = run_search(plan, data_path, search, out, preset=chosen, say=say, progress=advance)
+            found = run_search(
+                plan, data_path, search, out, preset=chosen, overrides=tokens, say=say, progress=advance
+            )
         else:
-            result = run_experiment(plan, data_path, out, preset=chosen, say=say, progress=advance)
+            result = run_experiment(
+                plan, data_path, out, preset=chosen, overrides=tokens, say=say, progress=advance
+            )
     if search is not None:
         _print_search(found)
         return
@@ -83,20 +94,19 @@ def experiment(
 
 
 def _print_search(found: Any) -> None:
+    names = list(found.trials[0]["params"]) if found.trials else []
     table = Table(
         title=f"Search: {len(found.trials)} trial(s), validation RankIC 5d ({escape(str(found.path))})"
     )
-    for column in ("trial", "state", "valid RankIC 5d", "epochs reported", "overrides"):
-        table.add_column(
-            column, justify="right" if column in ("trial", "valid RankIC 5d", "epochs reported") else "left"
-        )
+    for column in ("trial", "state", "valid RankIC 5d", "epochs", *(n.rsplit(".", 1)[-1] for n in names)):
+        table.add_column(column, justify="left" if column == "state" else "right")
     for t in found.trials:
         table.add_row(
             str(t["number"]),
             t["state"],
             fmt(t["value"], ".4f", missing="-"),
             str(len(t["intermediate"])),
-            escape(" ".join(o for o in t["overrides"] if not o.startswith("loss.listnet.enabled"))),
+            *(fmt(t["params"].get(n), ".4g", missing="-") for n in names),
         )
     console.print(table)
     if found.best is None:

@@ -31,19 +31,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration problem: an unknown key, a badly typed or out-of-range value, a missing preset.
-
-    The message is one line meant for the user: it names the dotted key, where the value came from
-    (preset file, environment variable or override token) and what would have been accepted.
-    """
-
-    def __init__(self, message: str, *, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 # --------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atft.config.schema import ApexConfig, ModelConfig
-from atft.models.atft_gat_fan import HorizonHead
+from atft.models.atft_gat_fan import HorizonHead, horizon_outputs
 
 
 def patch_layout(length: int, patch_len: int, stride: int) -> tuple[int, int]:
@@ -204,13 +204,7 @@ class ApexRanker(nn.Module):
         t = self.patch_embed(x)  # [N * F, P, D]
         t = self.encoder(t)  # [N * F, P, D]
         h = self.mix(t, n)  # [N, D]
-        point, quantiles = zip(*(head(h) for head in self.heads), strict=True)
-        scale = self.target_scale.to(h.dtype)
-        return {
-            "point": torch.stack(point, dim=1) * scale,  # [N, n_horizons]
-            "quantiles": torch.stack(quantiles, dim=1) * scale[:, None],  # [N, n_horizons, Q]
-            "embedding": h,
-        }
+        return horizon_outputs(self.heads, h, self.target_scale)
 
     @property
     def selection_weights(self) -> torch.Tensor | None:

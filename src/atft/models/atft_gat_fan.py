@@ -306,6 +306,20 @@ class HorizonHead(nn.Module):
         return point, quantiles
 
 
+def horizon_outputs(
+    heads: nn.ModuleList, h: torch.Tensor, target_scale: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Every horizon head on the stock embeddings ``h`` [N, H], back in return units (the heads predict in
+    units of each horizon's training-label std): the forward output every model of the engine returns."""
+    point, quantiles = zip(*(head(h) for head in heads), strict=True)
+    scale = target_scale.to(h.dtype)
+    return {
+        "point": torch.stack(point, dim=1) * scale,  # [N, n_horizons]
+        "quantiles": torch.stack(quantiles, dim=1) * scale[:, None],  # [N, n_horizons, Q]
+        "embedding": h,
+    }
+
+
 class ATFTGATFAN(nn.Module):
     """The whole model. ``forward(x, edge_index, edge_attr)`` -> dict of
 
@@ -357,13 +371,7 @@ class ATFTGATFAN(nn.Module):
             h = self.fusion(h, self.gat(h, edge_index, edge_attr))  # [N, H]
         if self.shortcut is not None:
             h = h + self.shortcut(x_raw[:, -1], edge_index, edge_attr)  # [N, H]
-        point, quantiles = zip(*(head(h) for head in self.heads), strict=True)
-        scale = self.target_scale.to(h.dtype)
-        return {
-            "point": torch.stack(point, dim=1) * scale,  # [N, n_horizons]
-            "quantiles": torch.stack(quantiles, dim=1) * scale[:, None],  # [N, n_horizons, Q]
-            "embedding": h,
-        }
+        return horizon_outputs(self.heads, h, self.target_scale)
 
     @property
     def selection_weights(self) -> torch.Tensor | None:

@@ -163,19 +163,19 @@ class _PlanLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
+            seen: dict[Any, yaml.Node] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
                 try:
-                    first = seen.setdefault(key, line)
-                except TypeError:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class reports it
                     continue
-                if first != line:
+                if first is not key_node:
+                    lines = (first.start_mark.line + 1, key_node.start_mark.line + 1)
                     raise PlanError(
-                        f"key {key!r} is written twice in one mapping (lines {first} and {line}); YAML "
+                        f"key {key!r} is written twice in one mapping (lines {lines[0]} and {lines[1]}); YAML "
                         "would silently keep the last, so remove one"
                     )
         return super().construct_mapping(node, deep=deep)
@@ -287,7 +287,8 @@ def _read_variant(entry: Any, i: int, plan: Plan) -> Variant:
 
 def _tokens(items: Any, where: str) -> list[str]:
     """Overrides as ``dotted.key=value`` tokens, from a mapping (nested mappings are dotted) or a list of
-    ``KEY=VALUE`` strings; alias names (``SHARPE_WEIGHT``) become their dotted keys."""
+    ``KEY=VALUE`` strings (a later one wins, as on the command line); alias names (``SHARPE_WEIGHT``) become
+    their dotted keys, and a mapping that sets one key twice (an alias and its dotted key) is refused."""
     pairs: list[tuple[str, Any]] = []
     if isinstance(items, dict):
         pairs = _flatten(items)
@@ -303,7 +304,9 @@ def _tokens(items: Any, where: str) -> list[str]:
     for key, value in pairs:
         alias = ENV_ALIASES.get(key)
         dotted = alias.key if alias is not None else key
-        if dotted in given:
+        if dotted in given and isinstance(
+            items, dict
+        ):  # in a list, a later KEY=VALUE wins, as on the command line
             raise PlanError(f"{where}: key {key!r} sets {dotted}, which {given[dotted]!r} already sets")
         given[dotted] = key
         if alias is not None and alias.switch:
@@ -443,22 +446,26 @@ def run_experiment(
     out: str | Path | None = None,
     *,
     preset: str | None = None,
+    overrides: Sequence[str] = (),
     say: Say = print,
     progress: Progress | None = None,
 ) -> ExperimentResult:
     """Train the plan's variants in order (skipping those whose parent failed its rule), score them on the
     test segment like ``atft compare``, pick the winner by validation RankIC at 5 days, write the report.
 
-    ``preset`` (the command line's ``-p``) replaces the plan's base preset when given.
+    ``preset`` (the command line's ``-p``) replaces the plan's base preset when given; ``overrides`` (the
+    command line's ``KEY=VALUE``) follow the plan's base overrides, before each variant's own.
     """
     plan = load_plan(plan_path)
+    plan.base = [*plan.base, *overrides]
     configs = resolve_configs(plan, preset)
     used = plan_preset(plan, preset)
     out = Path(out) if out is not None else default_out(plan, preset)
     dataset = DatasetFolder(data_path)
+    dataset.calendar()  # a wrong --data-path stops here, before anything is written
     folder = CompareFolder(out)
     folder.start(experiment=plan.name, data_path=str(Path(data_path).resolve()), preset=used,
-                 overrides=plan.base, seeds=1, n_folds=1)  # fmt: skip
+                 overrides=plan.base, n_folds=1)  # fmt: skip
     ignored = sorted(k for k in ENV_ALIASES if os.environ.get(k, "").strip())
     if ignored:
         say(f"ignoring the environment alias(es) {', '.join(ignored)}: a plan sets every value itself")
@@ -482,7 +489,8 @@ def run_experiment(
         records.append(record)
         if variant.continue_if is not None:
             result.passed, result.rule_value = variant.continue_if.check(result.valid_metrics)
-            say(f"{variant.name}: {variant.continue_if} is {result.passed} ({_f(result.rule_value, '.4f')})")
+            verdict = "passed" if result.passed else "failed"
+            say(f"{variant.name}: {variant.continue_if}: {_f(result.rule_value, '.4f')}, {verdict}")
         else:
             result.passed = True
     if progress is not None:
@@ -500,6 +508,7 @@ def run_experiment(
     paired = paired_tests(folder, records, order, horizons) if len(ran) > 1 else []
     same_rows = _same_test_rows(folder, records)
     result = ExperimentResult(plan, out, used, variants, winner, horizons, rows, paired, same_rows)
+    folder.record_request(models=ran, seeds={name: 1 for name in ran})
     folder.write_tables(rows, paired, render_experiment_markdown(result, folder.settings()))
     if records:
         curves = {name: folder.mean_book_curve(name, [r for r in records if r.model == name]) for name in ran}
@@ -733,6 +742,7 @@ def search(
     out: str | Path | None = None,
     *,
     preset: str | None = None,
+    overrides: Sequence[str] = (),
     pruner: optuna.pruners.BasePruner | None = None,
     say: Say = print,
     progress: Progress | None = None,
@@ -744,12 +754,14 @@ def search(
     if n_trials < 1:
         raise ValueError(f"--search needs at least 1 trial, got {n_trials}")
     plan = load_plan(plan_path, require_variants=False)
+    plan.base = [*plan.base, *overrides]
     used = plan_preset(plan, preset)
     env = plan_env()
     try:
         base = load_config(used, plan.base, env=env).cfg
     except ConfigError as e:
-        raise PlanError(f"{plan.where(key='base')}: {e}") from None
+        with_cli = " (with the command line's overrides)" if overrides else ""
+        raise PlanError(f"{plan.where(key='base')}{with_cli}: {e}") from None
     if 5 not in base.data.horizons:
         raise PlanError(
             f"{plan.where(key='base')}: data.horizons lacks 5: the search maximizes {WINNER_MONITOR}"
