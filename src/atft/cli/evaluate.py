@@ -95,7 +95,16 @@ def backtest(
         title=f"{strategy} {leg}, {horizon}d forecasts held {p['holding_days']} day(s), "
         f"{p['cost_bps']:g} bps per side ({split} segment)"
     )
-    for column in ("series", "ann. return", "ann. vol", "book Sharpe", "Sortino", "max DD", "Calmar", "hit rate"):
+    for column in (
+        "series",
+        "ann. return",
+        "ann. vol",
+        "book Sharpe",
+        "Sortino",
+        "max DD",
+        "Calmar",
+        "hit rate",
+    ):
         table.add_column(column, justify="right")
     series = [("net", ""), ("gross", "gross_")]
     if strategy == "long_only":
