@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from atft.reporting.numbers import finite  # noqa: E402
+from atft.reporting.numbers import finite, fmt  # noqa: E402
 
 DPI = 100
 
@@ -137,7 +137,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _f(value: Any, spec: str) -> str:
-    return format(value, spec) if finite(value) else "-"
+    return fmt(value, spec, missing="-")
 
 
 def _fmt_int(value: Any) -> str:

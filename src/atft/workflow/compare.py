@@ -339,7 +339,7 @@ def peak_memory_mb() -> float:
 
 
 def _num(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and value is not None else math.nan
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 def _any_finite(units: list[dict[str, float]], key: str) -> bool:

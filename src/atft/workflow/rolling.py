@@ -24,6 +24,7 @@ from atft.data.splits import Split, rolling_splits
 from atft.evaluation.backtest import backtest
 from atft.evaluation.evaluate import evaluate_predictions, json_ready
 from atft.features.dataset import DatasetFolder
+from atft.reporting.numbers import fmt
 from atft.training.run_folder import RunFolder, atomic_text, atomic_write
 from atft.workflow.baselines import BASELINES
 from atft.workflow.compare import BOOK_HORIZON, DEEP_MODELS, model_preset
@@ -211,4 +212,4 @@ def render_rolling(summary: dict[str, Any], table: list[dict[str, Any]], horizon
 
 
 def _f(value: Any, spec: str) -> str:
-    return format(value, spec) if isinstance(value, int | float) and value == value else "-"
+    return fmt(value, spec, missing="-")
