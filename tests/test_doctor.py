@@ -162,6 +162,8 @@ def write_run(root: Path, parts: dict[str, Any]) -> Path:
     if parts["manifest"] is not None:
         parts["dataset"].mkdir(parents=True, exist_ok=True)
         (parts["dataset"] / "manifest.json").write_text(json.dumps(parts["manifest"]))
+        for table, frame in parts.get("tables", {}).items():
+            frame.write_parquet(parts["dataset"] / f"{table}.parquet")
     return run
 
 
@@ -280,6 +282,39 @@ def not_started(parts: dict[str, Any]) -> None:
     parts["events"] = parts["events"][:1]
 
 
+def factor_dataset(parts: dict[str, Any], *, flip: bool, seed: int = 0) -> None:
+    """A dataset whose features rank the 5-day label one way in training and, with ``flip``, the other way
+    on the test segment; the run's start event names the three segments."""
+    rng = np.random.default_rng(seed)
+    dates = [dt.date(2021, 1, 4) + dt.timedelta(days=i) for i in range(160)]
+    names = [f"f{k}" for k in range(8)]
+    loadings = rng.uniform(0.2, 0.5, len(names)) * rng.choice([-1, 1], len(names))
+    features, labels = [], []
+    for i, d in enumerate(dates):
+        x = rng.standard_normal((40, len(names)))
+        sign = -1.0 if flip and i >= 110 else 1.0
+        y = sign * x @ loadings + 2.0 * rng.standard_normal(40)
+        codes = [f"{s:04d}" for s in range(40)]
+        features.append(pl.DataFrame({"date": [d] * 40, "code": codes, **dict(zip(names, x.T, strict=True)),
+                                      "mkt_x": [float(i)] * 40}))
+        labels.append(pl.DataFrame({"date": [d] * 40, "code": codes, "target_5d": y}))
+    parts["tables"] = {"features": pl.concat(features), "labels": pl.concat(labels)}
+    parts["manifest"] |= {
+        "model_features": [*names, "mkt_x"],
+        "features": {"returns": names, "market": ["mkt_x"]},
+        "labels": {"raw": ["target_5d"]},
+    }
+    segments = {"train": (0, 99), "valid": (100, 109), "test": (110, 159)}
+    parts["events"][0]["data"] = {
+        name: {"first_date": dates[a].isoformat(), "last_date": dates[b].isoformat()}
+        for name, (a, b) in segments.items()
+    }
+
+
+def regime_shift(parts: dict[str, Any]) -> None:
+    factor_dataset(parts, flip=True)
+
+
 BROKEN = {
     "no_epochs": not_started,
     "collapse": collapsed,
@@ -294,6 +329,7 @@ BROKEN = {
     "graph_adds_nothing": gate_closed,
     "rmse_worse_than_naive": rmse_bad,
     "non_finite": nan_stop,
+    "regime_change": regime_shift,
 }
 
 
@@ -323,9 +359,48 @@ def test_broken_run_is_named(tmp_path, name):
     assert d.status == name, f"status {d.status}; fired {fired(d)}"
     main = d.main
     assert main.evidence and main.recommendation
-    assert "atft train " in main.command and main.command in main.recommendation
+    assert main.command in main.recommendation
+    if name == "regime_change":  # the fix is not a retrain on the same segment
+        assert main.command.startswith("atft rolling --data-path ") and "--warm-start" in main.command
+        return
+    assert "atft train " in main.command
     # the command carries dotted config overrides (except a rebuild-and-retrain and a plain retry)
     assert re.search(r" [a-z_]+\.[a-z_.]+=\S+", main.command) or name in ("dead_features", "no_epochs")
+
+
+def test_factor_ics_by_period_in_the_report(tmp_path):
+    d = diagnose_run(make_run(tmp_path, regime_shift))
+    finding = next(f for f in d.findings if f.name == "regime_change")
+    assert re.search(r"(\d+) of the \1 features with \|NW t\| ≥ 2 alone on test had the opposite sign", finding.evidence)
+    assert "--start 2021-04-24 --end 2021-06-12" in finding.command  # the test segment's days
+    regime = d.facts.regime
+    assert regime.later == "test" and regime.agreement < 0
+    assert "mkt_x" not in regime.table["feature"].to_list()  # one value per date: nothing to rank
+    assert any("mkt_x" in n for n in regime.notes)
+    text = d.report_md.read_text()
+    section = text.split("## 10. Factor ICs by period")[1]
+    assert "| `f0` |" in section and "RankIC test (t)" in section and "1 feature(s) left out" in section
+
+
+def test_a_stationary_market_is_no_regime_change(tmp_path):
+    d = diagnose(make_run(tmp_path, lambda parts: factor_dataset(parts, flip=False)))
+    finding = next(f for f in d.findings if f.name == "regime_change")
+    assert not finding.fired and "0 of the" in finding.evidence
+    assert d.facts.regime.agreement > 0.5
+
+
+def test_regime_facts_need_segments_and_tables(tmp_path):
+    d = diagnose(make_run(tmp_path))  # a manifest without tables, a start event without segments
+    finding = next(f for f in d.findings if f.name == "regime_change")
+    assert not finding.fired and "no training segment" in finding.evidence
+
+    def no_tables(parts):
+        factor_dataset(parts, flip=True)
+        del parts["tables"]
+
+    d = diagnose(make_run(tmp_path / "b", no_tables))
+    finding = next(f for f in d.findings if f.name == "regime_change")
+    assert not finding.fired and "labels.parquet not found: the dataset is incomplete" in finding.evidence
 
 
 def test_collapse_evidence_and_fix(tmp_path):

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,9 @@ import polars as pl
 from atft.config import ATFTConfig, load_config
 from atft.config.schema import GradingConfig, LossWeights, ModelConfig
 from atft.data.store import MANIFEST
-from atft.features.dataset import DatasetError, DatasetFolder
+from atft.evaluation.factor_ic import factor_ic_by_segment, ic_agreement, sign_flips
+from atft.evaluation.stats import default_lags
+from atft.features.dataset import DatasetError, DatasetFolder, select_features
 from atft.models.graph import uses_graph
 from atft.reporting import plots, report
 from atft.reporting import rules as rules_mod
@@ -43,6 +46,7 @@ from atft.reporting.facts import (
     Grade,
     GradFacts,
     LrFacts,
+    RegimeFacts,
     TearSheetFacts,
     TermFacts,
 )
@@ -317,6 +321,7 @@ def collect_facts(
         log_lines=log_lines,
         notes=notes,
         tear_sheet=tear_sheet_facts(folder, evaluation, horizons, int(th["grade_horizon"]), notes),
+        regime=regime_facts(events, dataset, horizons, th),
     )
 
 
@@ -460,6 +465,66 @@ def decile_means(evaluation: Any) -> dict[int, list[float]]:
 
     walk(evaluation, None)
     return dict(sorted(out.items()))
+
+
+def run_segments(events: list[dict[str, Any]]) -> dict[str, tuple[date, date]]:
+    """The first and last date of each segment the run served (train, valid, test), in time order, from
+    the last ``start`` event of events.jsonl (a resumed run logs one per start)."""
+    starts = [e for e in events if e.get("event") == "start" and isinstance(e.get("data"), dict)]
+    if not starts:
+        return {}
+    segments = {}
+    for name in ("train", "valid", "test"):
+        info = starts[-1]["data"].get(name)
+        if isinstance(info, dict) and info.get("first_date") and info.get("last_date"):
+            try:
+                segments[name] = (date.fromisoformat(info["first_date"]), date.fromisoformat(info["last_date"]))
+            except (TypeError, ValueError):
+                continue
+    return segments
+
+
+def regime_facts(
+    events: list[dict[str, Any]], dataset: DatasetFacts, horizons: list[int], th: dict[str, Any]
+) -> RegimeFacts:
+    """Factor ICs by period on the run's own segments, against the raw label of the graded horizon."""
+    h = int(th["grade_horizon"]) if int(th["grade_horizon"]) in horizons else horizons[0]
+    facts = RegimeFacts(label=f"target_{h}d", lags=default_lags(h))
+    facts.segments = run_segments(events)
+    if "train" not in facts.segments or len(facts.segments) < 2:
+        facts.notes.append("events.jsonl names no training segment and a later one: no factor ICs by period")
+        return facts
+    if not dataset.reachable or dataset.path is None:
+        facts.notes.append(f"no factor ICs by period: {dataset.note}")
+        return facts
+    folder = DatasetFolder(dataset.path)
+    try:
+        features = select_features(folder.manifest)
+        if facts.label not in folder.columns("labels"):
+            facts.notes.append(f"no factor ICs by period: {folder.path('labels')} has no {facts.label}")
+            return facts
+        frame = folder.read("features", ["date", "code", *features]).join(
+            folder.read("labels", ["date", "code", facts.label]), on=["date", "code"], how="left"
+        )
+    except KeyError as e:
+        facts.notes.append(f"no factor ICs by period: the dataset manifest has no {e} (rebuild the dataset)")
+        return facts
+    except (DatasetError, ValueError, OSError) as e:
+        facts.notes.append(f"no factor ICs by period: {e}")
+        return facts
+    table = factor_ic_by_segment(frame, features, facts.label, facts.segments, lags=facts.lags)
+    ranked = pl.any_horizontal(pl.col(f"days_{name}") > 0 for name in facts.segments)
+    unranked = table.filter(~ranked)["feature"].to_list()
+    if unranked:
+        facts.notes.append(
+            f"{len(unranked)} feature(s) left out of the factor ICs: one value per date, or too few stocks "
+            f"with a value, so there is no day to rank ({', '.join(unranked[:4])}{', ...' if len(unranked) > 4 else ''})"
+        )
+    facts.table = table.filter(ranked)
+    facts.later = "test" if "test" in facts.segments else "valid"
+    facts.significant, facts.flipped = sign_flips(facts.table, "train", facts.later, float(th["regime_t"]))
+    facts.agreement = ic_agreement(facts.table, "train", facts.later)
+    return facts
 
 
 def read_dataset_facts(path: Path | None) -> DatasetFacts:

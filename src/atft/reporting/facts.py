@@ -149,6 +149,26 @@ class TearSheetFacts:
 
 
 @dataclass
+class RegimeFacts:
+    """Factor ICs by period (``atft.evaluation.factor_ic``): each feature's mean daily RankIC, alone, against
+    the raw ``label`` over each of the run's segments, read from its dataset; and the sign flips between the
+    training segment and ``later`` (the test segment when the run has one, else validation).
+
+    ``table`` is None when the dataset or the segments could not be read (``notes`` say why).
+    """
+
+    label: str | None = None
+    lags: int = 0
+    segments: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    table: pl.DataFrame | None = None
+    later: str | None = None
+    significant: list[str] = field(default_factory=list)  # features with |NW t| >= regime_t in ``later``
+    flipped: list[str] = field(default_factory=list)  # those among them of the opposite sign in training
+    agreement: float = math.nan  # correlation across features of training and ``later`` RankICs
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Facts:
     """Everything measured on a run: what the rules judge and the report shows.
 
@@ -186,6 +206,7 @@ class Facts:
     log_lines: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tear_sheet: TearSheetFacts = field(default_factory=TearSheetFacts)
+    regime: RegimeFacts = field(default_factory=RegimeFacts)
 
     @property
     def run_dir(self) -> Path:

@@ -1,6 +1,6 @@
 """Render a ``Diagnosis`` as report.md, and as a self-contained report.html (plots inlined as base64).
 
-The nine sections are built once as a list of simple blocks (paragraph, table, image, code, list) and
+The ten sections are built once as a list of simple blocks (paragraph, table, image, code, list) and
 then written out by a Markdown and an HTML renderer, so that both files always say the same thing.
 """
 
@@ -30,7 +30,10 @@ SECTION_TITLES = (
     "7. Root causes",
     "8. Grade",
     "9. Test period",
+    "10. Factor ICs by period",
 )
+# Rows of the factor-IC table: the strongest features of training, then those of the later segment.
+FACTOR_ROWS = 12
 # The two Sharpe ratios the report shows are of different portfolios (docs/metrics.md, docs/backtest.md):
 # the evaluation's quintile long-short book rebalanced daily on 1-day returns, and the backtest's book.
 DAILY_SHARPE = "daily L/S Sharpe"
@@ -129,7 +132,7 @@ def render_html(d: Diagnosis) -> str:
 
 
 def build_sections(d: Diagnosis) -> list[Section]:
-    """The nine sections of the report, each computed from the run's own files."""
+    """The ten sections of the report, each computed from the run's own files."""
     f = d.facts
     return [
         _summary(d, f),
@@ -141,6 +144,7 @@ def build_sections(d: Diagnosis) -> list[Section]:
         _root_causes(d),
         _grade(d, f),
         _test_period(d, f),
+        _factor_ics(d, f),
     ]
 
 
@@ -525,6 +529,50 @@ def _test_period(d: Diagnosis, f: Facts) -> Section:
             "above, so the two numbers differ. Cumulative return = cumprod(1 + net) − 1; drawdown = wealth "
             "/ its running peak − 1, the wealth starting at 1 before the first day."
         )
+    return s
+
+
+def _factor_ics(d: Diagnosis, f: Facts) -> Section:
+    s = Section(SECTION_TITLES[9])
+    r = f.regime
+    s.items([f"Note: {n}" for n in r.notes])
+    if r.table is None or r.later is None:
+        return s
+    names = list(r.segments)
+    span = ", ".join(f"{n} {a} to {b}" for n, (a, b) in r.segments.items())
+    s.p(
+        f"Each input feature alone, as a forecast: its mean daily RankIC against the raw label "
+        f"`{r.label}` over each segment the run served ({span}), with its Newey-West t-stat ({r.lags} lags: "
+        "the labels of consecutive days overlap). A model can only learn what paid in training; when the "
+        "signs turn later, the regime changed (rule `regime_change`). From the dataset's features and labels "
+        "(atft/evaluation/factor_ic.py)."
+    )
+    table = r.table
+    top_train = table["feature"].to_list()[:FACTOR_ROWS]  # the table is sorted by |RankIC| in training
+    top_later = r.significant[:FACTOR_ROWS]
+    shown = list(dict.fromkeys(top_train + top_later))
+    rows = []
+    for name in shown:
+        row = table.row(table["feature"].to_list().index(name), named=True)
+        cells = [f"`{name}`"]
+        for seg in names:
+            cells.append(f"{_n(row[f'rankic_{seg}'])} ({fmt(row[f't_{seg}'], '.1f')})")
+        flipped = name in r.flipped
+        cells += [_n(row["drift"]), "yes" if flipped else ""]
+        rows.append(cells)
+    s.table(
+        ["feature", *[f"RankIC {seg} (t)" for seg in names], f"drift ({names[-1]} − {names[0]})",
+         f"flipped on {r.later}"],
+        rows,
+    )
+    n, k = len(r.significant), len(r.flipped)
+    s.p(
+        f"The first rows are the {min(FACTOR_ROWS, table.height)} features with the largest training RankIC, "
+        f"then those significant on {r.later}. Of the {n} features with |t| ≥ {d.thresholds['regime_t']:g} on {r.later}, {k} had the "
+        f"opposite sign on train; across all {table.height} features, the correlation of the training and "
+        f"{r.later} RankICs (factor-IC agreement) is {fmt(r.agreement, '.2f')}: near 1 the same features pay the "
+        "same way, near 0 what paid no longer does, below 0 it pays the other way."
+    )
     return s
 
 

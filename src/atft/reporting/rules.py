@@ -65,6 +65,13 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "overfit_streak": 2,
     # ... or val above train by more than this share of the best val loss, with val above its best
     "overfit_gap": 0.1,
+    # regime_change: of the features whose RankIC alone is significant (|Newey-West t| at least this) on the
+    # test segment (validation when the run has none) ...
+    "regime_t": 2.0,
+    # ... at least this many ...
+    "regime_min_features": 5,
+    # ... this share or more had the opposite sign on the training segment
+    "regime_flip_share": 0.3,
     # graph_adds_nothing: fusion gate mean (last epoch) below this
     "gate_min_mean": 0.05,
     # grading: the horizon graded, RankIC levels (real data) and capture-ratio levels (synthetic data);
@@ -588,6 +595,49 @@ def _advise_rmse_worse_than_naive(f: Facts, th: Thresholds) -> Advice:
     return Advice(advice, train_command(f, "calibrated", overrides))
 
 
+def _check_regime_change(f: Facts, th: Thresholds) -> Check:
+    """What ranked stocks later is not what ranked them in training: many features significant on the
+    later segment had the opposite sign on the training segment (factor ICs by period, report section 10)."""
+    r = f.regime
+    if r.table is None or r.later is None:
+        return Check(False, "; ".join(r.notes) or "no factor ICs by period")
+    n, k = len(r.significant), len(r.flipped)
+    share = k / n if n else math.nan
+    table = r.table
+    examples = []
+    for name in r.flipped[:3]:
+        row = table.row(table["feature"].to_list().index(name), named=True)
+        examples.append(f"{name} {_f(row['rankic_train'])} → {_f(row[f'rankic_{r.later}'])}")
+    evidence = (
+        f"{k} of the {n} features with |NW t| ≥ {th['regime_t']:g} alone on {r.later} had the opposite sign "
+        f"on train ({share:.0%})"
+        + (f": {'; '.join(examples)} (RankIC train → {r.later}, {r.label})" if examples else "")
+        + f"; factor-IC agreement train vs {r.later} {_f(r.agreement, 2)}"
+    )
+    fired = n >= int(th["regime_min_features"]) and share >= float(th["regime_flip_share"])
+    return Check(fired, evidence)
+
+
+def _advise_regime_change(f: Facts, th: Thresholds) -> Advice:
+    r = f.regime
+    first, last = r.segments[r.later]
+    advice = (
+        f"The market changed under the model: on {r.later} ({first} to {last}) the signs of many single-"
+        "feature RankICs are the reverse of training's, so a model fit on the training segment learned "
+        "the old relation and no tuning on that segment brings the new one back. Do not choose a model by "
+        f"its {r.later} numbers. What helps against a regime change is recency: a training window that "
+        "ends close to the forecast day, refit often, each refit starting from the last weights. The "
+        "rolling retrain does that with a purge before every block and reports one continuous series "
+        "(docs/rolling.md):"
+    )
+    data = shlex.quote(str(f.data_path)) if f.data_path else "DATASET"
+    command = (
+        f"atft rolling --data-path {data} --model atft --every 21 --train-days 756 --warm-start "
+        f"--start {first} --end {last}"
+    )
+    return Advice(advice, command)
+
+
 def _check_graph_adds_nothing(f: Facts, th: Thresholds) -> Check:
     """The fusion gate learned to shut the graph out: gate mean under ``gate_min_mean``."""
     if not f.graph_enabled:
@@ -630,6 +680,8 @@ RULES: tuple[Rule, ...] = (
     # critical for a guard problem, warning when market features only never change (the check says)
     Rule("dead_features",         "Dead or constant features",      "critical",
          _check_dead_features, _advise_dead_features),
+    Rule("regime_change",         "Regime change in the features", "warning",
+         _check_regime_change, _advise_regime_change),
     # warning for repeated spikes, info for a single one (the check says)
     Rule("exploding_gradients",   "Exploding gradient in a module", "warning",
          _check_exploding_gradients, _advise_exploding_gradients),
