@@ -11,7 +11,10 @@ from test_training import TINY
 from typer.testing import CliRunner
 
 from atft.cli.app import app
+from atft.evaluation.ensemble import average_forecasts
+from atft.evaluation.metrics import mean_daily_rank_ic
 from atft.evaluation.stats import paired_daily
+from atft.training.run_folder import RunFolder
 from atft.workflow.compare import compare, parse_models, seed_counts, summarize
 from atft.workflow.compare_folder import CompareFolder, CompareFolderError
 
@@ -112,6 +115,30 @@ def test_summarize_averages_folds_within_a_seed_first():
     rows = summarize([unit(0, 0, 0.1), unit(0, 1, 0.3), unit(1, 0, 0.0), unit(1, 1, 0.2)], ["m"], [5])
     assert rows[0]["rankic_5d"] == pytest.approx(0.15)  # seed means 0.2 and 0.1
     assert rows[0]["rankic_5d_std"] == pytest.approx(np.std([0.2, 0.1], ddof=1))
+
+
+def test_the_seed_ensemble_averages_the_runs_it_already_has(compared, tiny_dataset):
+    out, first = compared
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/unit.json")}
+    result = compare(tiny_dataset, out, "atft,atft_ens,ridge", seeds=2, preset=None, overrides=ONE_EPOCH,
+                     say=lambda s: None)  # fmt: skip
+    for path, stamp in stamps.items():
+        assert path.stat().st_mtime_ns == stamp  # the members were not trained again
+    rows = {r["model"]: r for r in result.rows}
+    assert list(rows) == ["atft", "atft_ens", "ridge"]
+    members = [r for r in result.units if r.model == "atft"]
+    ens = next(r for r in result.units if r.model == "atft_ens")
+    assert ens.seconds == pytest.approx(sum(m.seconds for m in members), abs=0.02)
+    assert ens.parameters == sum(m.parameters for m in members)
+    folder = CompareFolder(out)
+    preds = average_forecasts([RunFolder(folder.run_dir("atft", m.seed, 0)).read_predictions("test") for m in members])
+    want = mean_daily_rank_ic(preds.filter(pl.col("horizon") == 5), "prediction", "label")
+    assert ens.metrics["5d"]["rankic"] == pytest.approx(want)
+    assert any(p["against"] == "atft_ens" for p in result.paired)
+    with pytest.raises(ValueError, match="atft_ens: it averages the seeds of atft"):
+        parse_models("ridge,atft_ens")
+    with pytest.raises(ValueError, match="needs it with 2 or more seeds"):
+        compare(tiny_dataset, out, "atft:1,atft_ens", seeds=2, preset=None, overrides=ONE_EPOCH)
 
 
 def test_a_comparison_grows_with_new_models_and_reuses_its_units(compared, tiny_dataset):

@@ -26,7 +26,8 @@ def compare(
     models: str = typer.Option(
         "atft,apex,lgbm,ridge,ridge_graph,momentum,reversal",
         "--models",
-        help="Comma-separated: atft, apex, lgbm, ridge, ridge_graph, momentum, reversal, random, oracle. "
+        help="Comma-separated: atft, apex, lgbm, ridge, ridge_graph, momentum, reversal, random, oracle, and "
+        "atft_ens / apex_ens (the seed ensemble of atft / apex); name:k gives a model k seeds. "
         "The first is tested against each other one.",
     ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per seeded model (atft, apex, lgbm, random)."),

@@ -25,6 +25,7 @@ import polars as pl
 from atft.config import DEFAULT_PRESET, ATFTConfig, load_config
 from atft.data.splits import splits_from_config
 from atft.evaluation.backtest import backtest
+from atft.evaluation.ensemble import average_forecasts
 from atft.evaluation.evaluate import evaluate_predictions
 from atft.evaluation.stats import paired_daily
 from atft.features.dataset import DatasetFolder
@@ -39,6 +40,8 @@ DEEP_MODELS = {"atft": "atft_gat_fan", "apex": "apex"}
 # A model trains with its own preset when the comparison runs on the default one: APEX-Ranker's objective
 # (ListNet, RankNet, a small point term) and sizes live in configs/apex.yaml.
 OWN_PRESETS = {"apex": "apex"}
+# ``atft_ens``: the seed ensemble of the comparison's own ``atft`` runs (no training of its own).
+ENSEMBLES = {f"{name}_ens": name for name in DEEP_MODELS}
 SEEDED = {"atft", "apex", "lgbm", "random"}
 BOOK_HORIZON = 5  # the staggered book every model is traded as
 
@@ -61,7 +64,7 @@ def seed_counts(text: str | Sequence[str], seeds: int) -> dict[str, int]:
 
 
 def known_models() -> list[str]:
-    return [*DEEP_MODELS, *BASELINES]
+    return [*DEEP_MODELS, *ENSEMBLES, *BASELINES]
 
 
 def parse_models(text: str | Sequence[str]) -> list[str]:
@@ -79,6 +82,13 @@ def parse_models(text: str | Sequence[str]) -> list[str]:
         )
     if len(set(names)) != len(names):
         raise ValueError(f"--models names a model twice: {','.join(names)}")
+    for name in names:
+        if name in ENSEMBLES and ENSEMBLES[name] not in names:
+            member = ENSEMBLES[name]
+            raise ValueError(
+                f"--models {name}: it averages the seeds of {member}, so {member} must be compared too "
+                f"(e.g. --models {member}:3,{name})"
+            )
     return names
 
 
@@ -113,6 +123,13 @@ def compare(
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     counts = seed_counts(models, seeds)
     models = parse_models(models)
+    for name in (m for m in models if m in ENSEMBLES):
+        if counts[ENSEMBLES[name]] < 2 or (name in counts and counts[name] != 1):
+            raise ValueError(
+                f"--models {name}: an ensemble of {ENSEMBLES[name]} needs it with 2 or more seeds "
+                f"({ENSEMBLES[name]}:{counts[ENSEMBLES[name]]} given) and takes no seed count of its own"
+            )
+        counts[name] = 1
     base = load_config(preset, list(overrides)).cfg
     dataset = DatasetFolder(data_path)
     n_folds = len(splits_from_config(dataset.calendar(), base))
@@ -120,17 +137,22 @@ def compare(
     folder.start(data_path=str(Path(data_path).resolve()), preset=str(preset), overrides=list(overrides),
                  n_folds=n_folds)  # fmt: skip
     folder.record_request(models=models, seeds=counts)
+    ordered = [m for m in models if m not in ENSEMBLES] + [m for m in models if m in ENSEMBLES]  # members first
     units = [
-        (model, seed, fold) for fold in range(n_folds) for model in models for seed in range(counts[model])
+        (model, seed, fold) for fold in range(n_folds) for model in ordered for seed in range(counts[model])
     ]
     records: list[UnitRecord] = []
     run_data: dict[int, RunData] = {}
     for i, (model, seed, fold) in enumerate(units):
         if progress is not None:
             progress(f"{model} seed {seed} fold {fold}", i, len(units))
-        record = folder.read_unit(model, seed, fold)
+        # an ensemble is rescored every time: its members may have grown since (atft:3 -> atft:5)
+        record = None if model in ENSEMBLES else folder.read_unit(model, seed, fold)
         if record is None:
-            if model in DEEP_MODELS:
+            if model in ENSEMBLES:
+                members = [r for r in records if r.model == ENSEMBLES[model] and r.fold == fold]
+                record = _ensemble(base, dataset, folder, model, fold, members)
+            elif model in DEEP_MODELS:
                 record = _train_deep(base, preset, overrides, dataset, folder, model, seed, fold, say)
             else:
                 if fold not in run_data:
@@ -187,6 +209,23 @@ def _train_deep(
     preds = run.read_predictions("test")
     return score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
                       parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+
+
+def _ensemble(
+    base: ATFTConfig,
+    dataset: DatasetFolder,
+    folder: CompareFolder,
+    model: str,
+    fold: int,
+    members: list[UnitRecord],
+) -> UnitRecord:
+    """The seed ensemble of a deep model's finished runs on ``fold``; its cost is the sum of theirs."""
+    preds = average_forecasts(
+        [RunFolder(folder.run_dir(m.model, m.seed, fold)).read_predictions("test") for m in members]
+    )
+    return score_unit(base, dataset, model, 0, fold, preds, seconds=sum(m.seconds for m in members),
+                      parameters=sum(m.parameters for m in members),
+                      peak_mb=max(m.peak_mb for m in members))  # fmt: skip
 
 
 def _fit_baseline(
