@@ -121,6 +121,27 @@ class SyntheticMarket:
     oracle: pl.DataFrame
     leader_of: np.ndarray  # [N] index of each stock's leader, -1 where it has none
     params: SynthParams
+    # [T, N] shocks behind the signals ("own", "volume", "leader"): only with synthesize(keep_shocks=True)
+    shocks: dict[str, np.ndarray] | None = None
+    sigma: np.ndarray | None = None  # [N] idiosyncratic daily volatility (calm regime), with the shocks
+
+    def oracle_parts(self, h: int) -> dict[str, np.ndarray]:
+        """The h-day oracle split by planted signal: [T, N] arrays (rows = calendar days, columns = stocks
+        in code order) for ``reversal``, ``momentum``, ``volume`` and ``lead_lag``. Their sum plus the
+        drift ``h * beta * market_drift`` is ``oracle_<h>d``. It measures which signal a model misses
+        (benchmarks/bench_oracle_gap.py); it needs a market made with ``keep_shocks=True``."""
+        if self.shocks is None or self.sigma is None:
+            raise ValueError("oracle_parts needs the shocks: synthesize(params, keep_shocks=True)")
+        k = _kernels(self.params)
+        reversal, momentum = k["own"].copy(), k["own"].copy()
+        reversal[self.params.reversal_days + 1 :] = 0.0
+        momentum[: self.params.reversal_days + 1] = 0.0
+        kernels = {"reversal": ("own", reversal), "momentum": ("own", momentum),
+                   "volume": ("volume", k["volume"]), "lead_lag": ("leader", k["leader"])}  # fmt: skip
+        return {
+            name: _causal_filter(self.shocks[source], _horizon_kernel(kernel, h)) * self.sigma
+            for name, (source, kernel) in kernels.items()
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -181,9 +202,16 @@ def _hidden_graph(rng: np.random.Generator, p: SynthParams) -> np.ndarray:
 
 
 def synthesize(
-    params: SynthParams | None = None, progress: Callable[[str], None] | None = None
+    params: SynthParams | None = None,
+    progress: Callable[[str], None] | None = None,
+    *,
+    keep_shocks: bool = False,
 ) -> SyntheticMarket:
-    """Generate a synthetic market. Deterministic for a given ``params`` (the seed included)."""
+    """Generate a synthetic market. Deterministic for a given ``params`` (the seed included).
+
+    ``keep_shocks`` keeps the [T, N] shock arrays behind the signals, for ``SyntheticMarket.oracle_parts``
+    (three float64 arrays: 18 MB for the demo market, 250 MB for the production-sized one).
+    """
     p = params or SynthParams()
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(p.seed)
@@ -272,7 +300,8 @@ def synthesize(
         ),
         "listed_info",
     )
-    return SyntheticMarket(prices, index, listed_info, oracle_df, leader_of, p)
+    kept = sources if keep_shocks else None
+    return SyntheticMarket(prices, index, listed_info, oracle_df, leader_of, p, kept, sigma if keep_shocks else None)
 
 
 def _ar1_filter(z: np.ndarray, phi: float) -> np.ndarray:
