@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -104,6 +105,20 @@ def test_compare_refuses_bad_input(compared, tiny_dataset, tmp_path):
     result = runner.invoke(app, ["compare", "--data-path", str(tiny_dataset), "--models", "ridge,nope",
                                  "--out", str(tmp_path / "c")])  # fmt: skip
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_a_changed_preset_is_not_mixed_with_old_units(compared, tiny_dataset, tmp_path):
+    out, _ = compared
+    preset = tmp_path / "edited.yaml"  # a preset file that changed since the units were trained
+    preset.write_text("model:\n  dropout: 0.35\n")
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    settings = json.loads((copy / "settings.json").read_text())
+    settings["preset"] = str(preset)
+    (copy / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(CompareFolderError, match=r"atft-s0-f0 was trained with another config.*model.dropout 0.1 -> 0.35"):
+        compare(tiny_dataset, copy, ["atft", "ridge"], seeds=2, preset=preset, overrides=ONE_EPOCH,
+                say=lambda s: None)  # fmt: skip
 
 
 def test_summarize_averages_folds_within_a_seed_first():

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from omegaconf import OmegaConf
 
 from atft.config import DEFAULT_PRESET, ATFTConfig, load_config
 from atft.data.splits import splits_from_config
@@ -32,7 +33,7 @@ from atft.features.dataset import DatasetFolder
 from atft.reporting.compare_report import plot_compare, render_compare_markdown
 from atft.training.run_folder import RunFolder
 from atft.workflow.baselines import BASELINES
-from atft.workflow.compare_folder import CompareFolder, UnitRecord
+from atft.workflow.compare_folder import CompareFolder, CompareFolderError, UnitRecord
 from atft.workflow.run_data import RunData, load_run_data
 from atft.workflow.train import train_run
 
@@ -148,6 +149,8 @@ def compare(
             progress(f"{model} seed {seed} fold {fold}", i, len(units))
         # an ensemble is rescored every time: its members may have grown since (atft:3 -> atft:5)
         record = None if model in ENSEMBLES else folder.read_unit(model, seed, fold)
+        if record is not None and model in DEEP_MODELS:
+            _check_unchanged(folder, model, seed, fold, _deep_config(base, preset, overrides, model, seed))
         if record is None:
             if model in ENSEMBLES:
                 members = [r for r in records if r.model == ENSEMBLES[model] and r.fold == fold]
@@ -192,9 +195,7 @@ def _train_deep(
     fold: int,
     say: Callable[[str], None],
 ) -> UnitRecord:
-    cfg = load_config(
-        preset, [*overrides, f"model.name={DEEP_MODELS[model]}", f"train.seed={base.train.seed + seed}"]
-    ).cfg
+    cfg = _deep_config(base, preset, overrides, model, seed)
     run_dir = folder.run_dir(model, seed, fold)
     run = RunFolder(run_dir)
     reset_peak_memory()
@@ -209,6 +210,37 @@ def _train_deep(
     preds = run.read_predictions("test")
     return score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
                       parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+
+
+def _deep_config(
+    base: ATFTConfig, preset: str | Path | None, overrides: Sequence[str], model: str, seed: int
+) -> ATFTConfig:
+    """The config a deep model's unit trains with: the preset, the overrides, the model and its seed."""
+    return load_config(
+        preset, [*overrides, f"model.name={DEEP_MODELS[model]}", f"train.seed={base.train.seed + seed}"]
+    ).cfg
+
+
+def _check_unchanged(folder: CompareFolder, model: str, seed: int, fold: int, cfg: ATFTConfig) -> None:
+    """A finished deep unit is reused only if it was trained with the config it would be trained with now:
+    a preset file edited since (a new default) would otherwise mix two configs in one table."""
+    run = RunFolder(folder.run_dir(model, seed, fold))
+    if not run.config_file.is_file():
+        return  # a unit copied without its run folder: nothing to check it against
+    before, now = _flat(OmegaConf.to_container(run.read_config())), _flat(OmegaConf.to_container(cfg))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        raise CompareFolderError(
+            f"{run.root} was trained with another config than the preset gives now ({shown}"
+            f"{', ...' if len(changed) > 3 else ''}): the preset changed since; give another --out"
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def _ensemble(
