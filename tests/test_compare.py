@@ -107,6 +107,32 @@ def test_compare_refuses_bad_input(compared, tiny_dataset, tmp_path):
     assert result.exit_code == 2 and "unknown model" in result.output
 
 
+def test_validation_is_scored_for_every_unit_and_picks_the_rivals(compared, tiny_dataset):
+    out, result = compared
+    folder = CompareFolder(out)
+    for record in (r for r in result.units if r.model == "atft"):
+        valid = RunFolder(folder.run_dir("atft", record.seed, 0)).read_predictions("valid")
+        want = mean_daily_rank_ic(valid.filter(pl.col("horizon") == 5), "prediction", "label")
+        assert record.valid["5d"]["rankic"] == pytest.approx(want)
+    rows = {r["model"]: r for r in result.rows}
+    assert all(np.isfinite(rows[m]["valid_rankic_5d"]) for m in rows)
+    text = (out / "compare.md").read_text()
+    best_rule = max(("momentum", "reversal"), key=lambda m: rows[m]["valid_rankic_5d"])
+    assert f"the rule with the best validation RankIC at 5 days, before any test day): **{best_rule}**" in text
+    assert "valid RankIC 5d" in text
+    # a unit written before validation was recorded gets it once, and keeps its other files
+    unit = out / "units" / "ridge-s0-f0"
+    body = json.loads((unit / "unit.json").read_text())
+    before = body.pop("valid")
+    (unit / "unit.json").write_text(json.dumps(body))
+    stamp = (unit / "per_day.parquet").stat().st_mtime_ns
+    compare(tiny_dataset, out, ["atft", "ridge", "momentum", "reversal", "random"], seeds=2, preset=None,
+            overrides=ONE_EPOCH, say=lambda s: None)  # fmt: skip
+    after = json.loads((unit / "unit.json").read_text())["valid"]
+    assert {h: pytest.approx(v) for h, v in after.items()} == before
+    assert (unit / "per_day.parquet").stat().st_mtime_ns == stamp
+
+
 def test_a_changed_preset_is_not_mixed_with_old_units(compared, tiny_dataset, tmp_path):
     out, _ = compared
     preset = tmp_path / "edited.yaml"  # a preset file that changed since the units were trained

@@ -31,6 +31,32 @@ def _pm(row: dict[str, Any], key: str, spec: str) -> str:
     return f"{text} ± {format(std, spec)}" if finite(std) else text
 
 
+# Models that need the future (the oracle) or know nothing (random) are never a choice.
+NOT_CHOSEN = ("oracle", "random")
+RULES = ("momentum", "reversal")
+
+
+def chosen_on_validation(rows: list[dict[str, Any]]) -> list[str]:
+    """Which model, and which rule, a user would pick by validation RankIC at 5 days, before any test day:
+    the honest rivals of a model on a test segment where the winners changed (docs/compare.md)."""
+
+    def best(names: list[str]) -> dict[str, Any] | None:
+        scored = [r for r in rows if r["model"] in names and finite(r.get("valid_rankic_5d", math.nan))]
+        return max(scored, key=lambda r: r["valid_rankic_5d"], default=None)
+
+    out = []
+    for what, names in (("model", [r["model"] for r in rows if r["model"] not in NOT_CHOSEN]),
+                        ("rule", [r["model"] for r in rows if r["model"] in RULES])):  # fmt: skip
+        pick = best(names)
+        if pick is not None:
+            out.append(
+                f"Chosen on validation (the {what} with the best validation RankIC at 5 days, before any test "
+                f"day): **{pick['model']}** ({pick['valid_rankic_5d']:.4f}; its test RankIC "
+                f"{fmt(pick.get('rankic_5d'), '.4f')})."
+            )
+    return [" ".join(out), ""] if out else []
+
+
 def render_compare_markdown(
     rows: list[dict[str, Any]], paired: list[dict[str, Any]], horizons: list[int], settings: dict[str, Any]
 ) -> str:
@@ -52,15 +78,17 @@ def render_compare_markdown(
         + " | ".join(f"ICIR {h}d" for h in horizons)
         + " | "
         + " | ".join(f"NW t {h}d" for h in horizons)
-        + " | capture 5d |",
-        "|---" * (1 + 3 * len(horizons) + 1) + "|",
+        + " | capture 5d | valid RankIC 5d |",
+        "|---" * (1 + 3 * len(horizons) + 2) + "|",
     ]
     for row in rows:
         cells = [_pm(row, f"rankic_{h}d", ".4f") for h in horizons]
         cells += [_pm(row, f"icir_{h}d", ".2f") for h in horizons]
         cells += [_pm(row, f"rankic_nw_tstat_{h}d", ".1f") for h in horizons]
         cells.append(_pm(row, "capture_5d", ".0%") if finite(row.get("capture_5d", math.nan)) else "-")
+        cells.append(_pm(row, "valid_rankic_5d", ".4f"))
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    lines += ["", *chosen_on_validation(rows)]
     lines += [
         "",
         "## The 5-day staggered long-short book, after costs (book Sharpe), and what each model costs",

@@ -151,6 +151,12 @@ def compare(
         record = None if model in ENSEMBLES else folder.read_unit(model, seed, fold)
         if record is not None and model in DEEP_MODELS:
             _check_unchanged(folder, model, seed, fold, _deep_config(base, preset, overrides, model, seed))
+        def fold_data() -> RunData:
+            if fold not in run_data:
+                run_data.clear()  # one fold's panel at a time
+                run_data[fold] = load_run_data(base, dataset, fold=fold, say=say)
+            return run_data[fold]
+
         if record is None:
             if model in ENSEMBLES:
                 members = [r for r in records if r.model == ENSEMBLES[model] and r.fold == fold]
@@ -158,11 +164,15 @@ def compare(
             elif model in DEEP_MODELS:
                 record = _train_deep(base, preset, overrides, dataset, folder, model, seed, fold, say)
             else:
-                if fold not in run_data:
-                    run_data.clear()  # one fold's panel at a time
-                    run_data[fold] = load_run_data(base, dataset, fold=fold, say=say)
-                record = _fit_baseline(base, run_data[fold], folder, model, seed, fold)
+                record = _fit_baseline(base, fold_data(), folder, model, seed, fold)
             folder.write_unit(record)
+        elif not record.valid:  # a unit from before validation was recorded: score it once, keep it
+            if model in DEEP_MODELS:
+                valid = RunFolder(folder.run_dir(model, seed, fold)).read_predictions("valid")
+            else:
+                valid = BASELINES[model](base.train.seed + seed).fit(fold_data()).predict(fold_data(), "valid")
+            record.valid = validation_scores(base, valid)
+            folder.write_unit(record)  # its parquet files stay as they are
         records.append(record)
     if progress is not None:
         progress("tables", len(units), len(units))
@@ -208,8 +218,10 @@ def _train_deep(
         summary = train_run(cfg, dataset.root, run_dir, fold=fold, say=say, progress_bar=False)
     seconds = float(summary.get("seconds", time.time() - started))
     preds = run.read_predictions("test")
-    return score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
-                      parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+    record = score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
+                        parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+    record.valid = validation_scores(cfg, run.read_predictions("valid"))
+    return record
 
 
 def _deep_config(
@@ -252,12 +264,13 @@ def _ensemble(
     members: list[UnitRecord],
 ) -> UnitRecord:
     """The seed ensemble of a deep model's finished runs on ``fold``; its cost is the sum of theirs."""
-    preds = average_forecasts(
-        [RunFolder(folder.run_dir(m.model, m.seed, fold)).read_predictions("test") for m in members]
-    )
-    return score_unit(base, dataset, model, 0, fold, preds, seconds=sum(m.seconds for m in members),
-                      parameters=sum(m.parameters for m in members),
-                      peak_mb=max(m.peak_mb for m in members))  # fmt: skip
+    runs = [RunFolder(folder.run_dir(m.model, m.seed, fold)) for m in members]
+    preds = average_forecasts([run.read_predictions("test") for run in runs])
+    record = score_unit(base, dataset, model, 0, fold, preds, seconds=sum(m.seconds for m in members),
+                        parameters=sum(m.parameters for m in members),
+                        peak_mb=max(m.peak_mb for m in members))  # fmt: skip
+    record.valid = validation_scores(base, average_forecasts([run.read_predictions("valid") for run in runs]))
+    return record
 
 
 def _fit_baseline(
@@ -268,8 +281,10 @@ def _fit_baseline(
     estimator = BASELINES[model](cfg.train.seed + seed)
     preds = estimator.fit(run).predict(run, "test")
     seconds = time.time() - started
-    return score_unit(cfg, run.dataset, model, seed, fold, preds, seconds=seconds,
-                      parameters=int(getattr(estimator, "n_parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+    record = score_unit(cfg, run.dataset, model, seed, fold, preds, seconds=seconds,
+                        parameters=int(getattr(estimator, "n_parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
+    record.valid = validation_scores(cfg, estimator.predict(run, "valid"))
+    return record
 
 
 def score_unit(
@@ -312,6 +327,16 @@ def score_unit(
     )
 
 
+def validation_scores(cfg: ATFTConfig, preds: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """The validation segment's RankIC and its Newey-West t per horizon: what a model may be chosen by."""
+    metrics = evaluate_predictions(preds, cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile).metrics
+    return {
+        key: {"rankic": _num(m.get("rankic")), "rankic_nw_tstat": _num(m.get("rankic_nw_tstat"))}
+        for key, m in metrics.items()
+        if key[:-1].isdigit() and key.endswith("d")
+    }
+
+
 def _check_same_rows(folder: CompareFolder, records: list[UnitRecord]) -> None:
     """Every unit of a fold must have been scored on the exact same (date, code, horizon) test rows."""
     for fold in sorted({r.fold for r in records}):
@@ -337,6 +362,8 @@ def unit_values(record: UnitRecord, horizons: list[int]) -> dict[str, float]:
         m = record.metrics.get(f"{h}d", {})
         for key in ("rankic", "icir", "rankic_tstat", "rankic_nw_tstat", "capture"):
             out[f"{key}_{h}d"] = _num(m.get(key))
+    for h in horizons:
+        out[f"valid_rankic_{h}d"] = _num(record.valid.get(f"{h}d", {}).get("rankic"))
     for key in ("sharpe", "annual_return", "max_drawdown", "mean_turnover"):
         out[f"book_{key}"] = _num(record.book.get(key))
     out["seconds"], out["parameters"], out["peak_mb"] = record.seconds, record.parameters, record.peak_mb

@@ -9,7 +9,8 @@
     settings.json                 what was asked (models, seeds, folds, dataset, preset, overrides)
     runs/<model>-s<seed>-f<fold>/ the run folder of each deep-model unit
     units/<model>-s<seed>-f<fold>/
-        unit.json                 the unit's evaluation metrics, book summary, seconds, parameters, memory
+        unit.json                 the unit's evaluation metrics, book summary, seconds, parameters, memory,
+                                  and its validation RankIC per horizon (what a user may choose by)
         per_day.parquet           daily IC and RankIC per horizon
         book.parquet              the 5-day book's daily series
         keys.parquet              the (date, code, horizon) rows it was scored on
@@ -21,7 +22,7 @@ an interrupted comparison resumes after it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class UnitRecord:
     per_day: pl.DataFrame | None = None
     book_daily: pl.DataFrame | None = None
     keys: pl.DataFrame | None = None
+    # the validation segment's RankIC and its Newey-West t per horizon ({"5d": {"rankic": ...}}); empty in
+    # units written before it was recorded (compare fills it in)
+    valid: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -98,7 +102,7 @@ class CompareFolder:
             if frame is not None:
                 atomic_write(out / f"{name}.parquet", frame.write_parquet)
         body = {k: getattr(record, k) for k in ("model", "seed", "fold", "metrics", "book", "seconds",
-                                                "parameters", "peak_mb")}  # fmt: skip
+                                                "parameters", "peak_mb", "valid")}  # fmt: skip
         atomic_text(out / "unit.json", json.dumps(json_ready(body), indent=2, default=str))
 
     def read_unit(self, model: str, seed: int, fold: int) -> UnitRecord | None:
@@ -108,7 +112,7 @@ class CompareFolder:
             return None
         body = self._read_json(path)
         return UnitRecord(**{k: body[k] for k in ("model", "seed", "fold", "metrics", "book", "seconds",
-                                                  "parameters", "peak_mb")})  # fmt: skip
+                                                  "parameters", "peak_mb")}, valid=body.get("valid") or {})  # fmt: skip
 
     def read_per_day(self, record: UnitRecord) -> pl.DataFrame:
         return record.per_day if record.per_day is not None else self._read_frame(record, "per_day")
