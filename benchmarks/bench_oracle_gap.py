@@ -93,8 +93,12 @@ def main() -> None:
     forecasts["ridge_graph"] = ridge_graph.filter(pl.col("horizon") == H)
     capture: dict[str, dict[str, float]] = {}
     for model, preds in {"oracle": None, **forecasts}.items():
-        scored = frame if preds is None else frame.join(
-            preds.select("date", "code", pl.col("prediction").alias("forecast")), on=["date", "code"]
+        scored = (
+            frame
+            if preds is None
+            else frame.join(
+                preds.select("date", "code", pl.col("prediction").alias("forecast")), on=["date", "code"]
+            )
         )
         column = "oracle" if preds is None else "forecast"
         capture[model] = {p: mean_daily_rank_ic(scored, column, p) for p in PARTS}

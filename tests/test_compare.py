@@ -118,7 +118,9 @@ def test_validation_is_scored_for_every_unit_and_picks_the_rivals(compared, tiny
     assert all(np.isfinite(rows[m]["valid_rankic_5d"]) for m in rows)
     text = (out / "compare.md").read_text()
     best_rule = max(("momentum", "reversal"), key=lambda m: rows[m]["valid_rankic_5d"])
-    assert f"the rule with the best validation RankIC at 5 days, before any test day): **{best_rule}**" in text
+    assert (
+        f"the rule with the best validation RankIC at 5 days, before any test day): **{best_rule}**" in text
+    )
     assert "valid RankIC 5d" in text
     # a unit written before validation was recorded gets it once, and keeps its other files
     unit = out / "units" / "ridge-s0-f0"
@@ -142,7 +144,9 @@ def test_a_changed_preset_is_not_mixed_with_old_units(compared, tiny_dataset, tm
     settings = json.loads((copy / "settings.json").read_text())
     settings["preset"] = str(preset)
     (copy / "settings.json").write_text(json.dumps(settings))
-    with pytest.raises(CompareFolderError, match=r"atft-s0-f0 was trained with another config.*model.dropout 0.1 -> 0.35"):
+    with pytest.raises(
+        CompareFolderError, match=r"atft-s0-f0 was trained with another config.*model.dropout 0.1 -> 0.35"
+    ):
         compare(tiny_dataset, copy, ["atft", "ridge"], seeds=2, preset=preset, overrides=ONE_EPOCH,
                 say=lambda s: None)  # fmt: skip
 
@@ -172,7 +176,9 @@ def test_the_seed_ensemble_averages_the_runs_it_already_has(compared, tiny_datas
     assert ens.seconds == pytest.approx(sum(m.seconds for m in members), abs=0.02)
     assert ens.parameters == sum(m.parameters for m in members)
     folder = CompareFolder(out)
-    preds = average_forecasts([RunFolder(folder.run_dir("atft", m.seed, 0)).read_predictions("test") for m in members])
+    preds = average_forecasts(
+        [RunFolder(folder.run_dir("atft", m.seed, 0)).read_predictions("test") for m in members]
+    )
     want = mean_daily_rank_ic(preds.filter(pl.col("horizon") == 5), "prediction", "label")
     assert ens.metrics["5d"]["rankic"] == pytest.approx(want)
     assert any(p["against"] == "atft_ens" for p in result.paired)

@@ -295,8 +295,16 @@ def factor_dataset(parts: dict[str, Any], *, flip: bool, seed: int = 0) -> None:
         sign = -1.0 if flip and i >= 110 else 1.0
         y = sign * x @ loadings + 2.0 * rng.standard_normal(40)
         codes = [f"{s:04d}" for s in range(40)]
-        features.append(pl.DataFrame({"date": [d] * 40, "code": codes, **dict(zip(names, x.T, strict=True)),
-                                      "mkt_x": [float(i)] * 40}))
+        features.append(
+            pl.DataFrame(
+                {
+                    "date": [d] * 40,
+                    "code": codes,
+                    **dict(zip(names, x.T, strict=True)),
+                    "mkt_x": [float(i)] * 40,
+                }
+            )
+        )
         labels.append(pl.DataFrame({"date": [d] * 40, "code": codes, "target_5d": y}))
     parts["tables"] = {"features": pl.concat(features), "labels": pl.concat(labels)}
     parts["manifest"] |= {
@@ -371,7 +379,9 @@ def test_broken_run_is_named(tmp_path, name):
 def test_factor_ics_by_period_in_the_report(tmp_path):
     d = diagnose_run(make_run(tmp_path, regime_shift))
     finding = next(f for f in d.findings if f.name == "regime_change")
-    assert re.search(r"(\d+) of the \1 features with \|NW t\| ≥ 2 alone on test had the opposite sign", finding.evidence)
+    assert re.search(
+        r"(\d+) of the \1 features with \|NW t\| ≥ 2 alone on test had the opposite sign", finding.evidence
+    )
     assert "--start 2021-04-24 --end 2021-06-12" in finding.command  # the test segment's days
     regime = d.facts.regime
     assert regime.later == "test" and regime.agreement < 0

@@ -42,7 +42,9 @@ def test_matches_a_slow_loop():
 def test_a_flat_day_counts_as_no_opinion():
     a, b = member(0), member(1)
     day = a["date"].min()
-    a = a.with_columns(pl.when(pl.col("date") == day).then(1.0).otherwise(pl.col("prediction")).alias("prediction"))
+    a = a.with_columns(
+        pl.when(pl.col("date") == day).then(1.0).otherwise(pl.col("prediction")).alias("prediction")
+    )
     got = average_forecasts([a, b]).filter(pl.col("date") == day).sort("date", "code", "horizon")
     b_day = b.filter(pl.col("date") == day)
     z_b = b_day.with_columns(

@@ -224,11 +224,19 @@ def test_oracle_parts_add_up_to_the_oracle():
         parts = m.oracle_parts(h)
         assert set(parts) == {"reversal", "momentum", "volume", "lead_lag"}
         rest = rows[f"oracle_{h}d"].to_numpy() - sum(parts.values())[t, i]
-        per_stock = pl.DataFrame({"i": i, "rest": rest}).group_by("i").agg(pl.col("rest").min(), pl.col("rest").max().alias("hi"))
-        assert np.allclose(per_stock["rest"], per_stock["hi"], atol=1e-12)  # what is left is a constant drift ...
+        per_stock = (
+            pl.DataFrame({"i": i, "rest": rest})
+            .group_by("i")
+            .agg(pl.col("rest").min(), pl.col("rest").max().alias("hi"))
+        )
+        assert np.allclose(
+            per_stock["rest"], per_stock["hi"], atol=1e-12
+        )  # what is left is a constant drift ...
         drift[h] = dict(zip(per_stock["i"].to_list(), per_stock["rest"].to_list(), strict=True))
     for h in (5, 20):  # ... of h times the one-day drift
         assert all(np.isclose(drift[h][k], h * drift[1][k], atol=1e-12) for k in drift[1])
-    assert np.abs(m.oracle_parts(5)["lead_lag"][:, m.leader_of < 0]).max() == 0  # only followers have a leader
+    assert (
+        np.abs(m.oracle_parts(5)["lead_lag"][:, m.leader_of < 0]).max() == 0
+    )  # only followers have a leader
     with pytest.raises(ValueError, match="keep_shocks=True"):
         synthesize(p).oracle_parts(5)

@@ -301,7 +301,9 @@ def synthesize(
         "listed_info",
     )
     kept = sources if keep_shocks else None
-    return SyntheticMarket(prices, index, listed_info, oracle_df, leader_of, p, kept, sigma if keep_shocks else None)
+    return SyntheticMarket(
+        prices, index, listed_info, oracle_df, leader_of, p, kept, sigma if keep_shocks else None
+    )
 
 
 def _ar1_filter(z: np.ndarray, phi: float) -> np.ndarray:

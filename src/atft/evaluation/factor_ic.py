@@ -56,7 +56,9 @@ def factor_ic_by_segment(
     segment_of = pl.lit(None, dtype=pl.String)
     for name in reversed(names):  # the first segment wins where two overlap
         first, last = segments[name]
-        segment_of = pl.when(pl.col(date_col).is_between(first, last)).then(pl.lit(name)).otherwise(segment_of)
+        segment_of = (
+            pl.when(pl.col(date_col).is_between(first, last)).then(pl.lit(name)).otherwise(segment_of)
+        )
     rows = []
     for feature in features:
         daily = daily_ic(frame, feature, label, date_col=date_col, min_stocks=min_stocks)
@@ -76,9 +78,8 @@ def factor_ic_by_segment(
     table = pl.DataFrame(rows, schema=schema, orient="row")
     first, last = f"rankic_{names[0]}", f"rankic_{names[-1]}"
     drift = pl.col(last) - pl.col(first) if len(names) > 1 else pl.lit(float("nan"))
-    return (
-        table.with_columns(drift=drift.cast(pl.Float64))
-        .sort(pl.col(first).abs().fill_nan(None), descending=True, nulls_last=True)
+    return table.with_columns(drift=drift.cast(pl.Float64)).sort(
+        pl.col(first).abs().fill_nan(None), descending=True, nulls_last=True
     )
 
 
@@ -101,9 +102,8 @@ def sign_flips(table: pl.DataFrame, reference: str, later: str, t_min: float) ->
     before. Both lists are ordered by |t| in ``later``, largest first.
     """
     t = pl.col(f"t_{later}")
-    significant = (
-        table.filter(t.is_not_nan() & (t.abs() >= t_min))
-        .sort(pl.col(f"t_{later}").abs(), descending=True)
+    significant = table.filter(t.is_not_nan() & (t.abs() >= t_min)).sort(
+        pl.col(f"t_{later}").abs(), descending=True
     )
     flipped = significant.filter(
         pl.col(f"rankic_{reference}").is_not_nan()

@@ -478,7 +478,10 @@ def run_segments(events: list[dict[str, Any]]) -> dict[str, tuple[date, date]]:
         info = starts[-1]["data"].get(name)
         if isinstance(info, dict) and info.get("first_date") and info.get("last_date"):
             try:
-                segments[name] = (date.fromisoformat(info["first_date"]), date.fromisoformat(info["last_date"]))
+                segments[name] = (
+                    date.fromisoformat(info["first_date"]),
+                    date.fromisoformat(info["last_date"]),
+                )
             except (TypeError, ValueError):
                 continue
     return segments

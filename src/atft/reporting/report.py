@@ -561,8 +561,12 @@ def _factor_ics(d: Diagnosis, f: Facts) -> Section:
         cells += [_n(row["drift"]), "yes" if flipped else ""]
         rows.append(cells)
     s.table(
-        ["feature", *[f"RankIC {seg} (t)" for seg in names], f"drift ({names[-1]} − {names[0]})",
-         f"flipped on {r.later}"],
+        [
+            "feature",
+            *[f"RankIC {seg} (t)" for seg in names],
+            f"drift ({names[-1]} − {names[0]})",
+            f"flipped on {r.later}",
+        ],
         rows,
     )
     n, k = len(r.significant), len(r.flipped)

@@ -138,7 +138,9 @@ def compare(
     folder.start(data_path=str(Path(data_path).resolve()), preset=str(preset), overrides=list(overrides),
                  n_folds=n_folds)  # fmt: skip
     folder.record_request(models=models, seeds=counts)
-    ordered = [m for m in models if m not in ENSEMBLES] + [m for m in models if m in ENSEMBLES]  # members first
+    ordered = [m for m in models if m not in ENSEMBLES] + [
+        m for m in models if m in ENSEMBLES
+    ]  # members first
     units = [
         (model, seed, fold) for fold in range(n_folds) for model in ordered for seed in range(counts[model])
     ]
@@ -151,12 +153,6 @@ def compare(
         record = None if model in ENSEMBLES else folder.read_unit(model, seed, fold)
         if record is not None and model in DEEP_MODELS:
             _check_unchanged(folder, model, seed, fold, _deep_config(base, preset, overrides, model, seed))
-        def fold_data() -> RunData:
-            if fold not in run_data:
-                run_data.clear()  # one fold's panel at a time
-                run_data[fold] = load_run_data(base, dataset, fold=fold, say=say)
-            return run_data[fold]
-
         if record is None:
             if model in ENSEMBLES:
                 members = [r for r in records if r.model == ENSEMBLES[model] and r.fold == fold]
@@ -164,13 +160,16 @@ def compare(
             elif model in DEEP_MODELS:
                 record = _train_deep(base, preset, overrides, dataset, folder, model, seed, fold, say)
             else:
-                record = _fit_baseline(base, fold_data(), folder, model, seed, fold)
+                record = _fit_baseline(
+                    base, _fold_data(run_data, base, dataset, fold, say), folder, model, seed, fold
+                )
             folder.write_unit(record)
         elif not record.valid:  # a unit from before validation was recorded: score it once, keep it
             if model in DEEP_MODELS:
                 valid = RunFolder(folder.run_dir(model, seed, fold)).read_predictions("valid")
             else:
-                valid = BASELINES[model](base.train.seed + seed).fit(fold_data()).predict(fold_data(), "valid")
+                data = _fold_data(run_data, base, dataset, fold, say)
+                valid = BASELINES[model](base.train.seed + seed).fit(data).predict(data, "valid")
             record.valid = validation_scores(base, valid)
             folder.write_unit(record)  # its parquet files stay as they are
         records.append(record)
@@ -184,6 +183,16 @@ def compare(
     curves = {m: folder.mean_book_curve(m, [r for r in records if r.model == m]) for m in models}
     plot_compare(rows, curves, horizons, folder.plot_paths())
     return CompareResult(folder, horizons, rows, paired, records)
+
+
+def _fold_data(
+    cache: dict[int, RunData], base: ATFTConfig, dataset: DatasetFolder, fold: int, say: Callable[[str], None]
+) -> RunData:
+    """The fold's data for the baselines, loaded once (one fold's panel in memory at a time)."""
+    if fold not in cache:
+        cache.clear()
+        cache[fold] = load_run_data(base, dataset, fold=fold, say=say)
+    return cache[fold]
 
 
 def model_preset(model: str, preset: str | Path | None) -> str | Path | None:
