@@ -44,17 +44,27 @@ def chosen_on_validation(rows: list[dict[str, Any]]) -> list[str]:
         scored = [r for r in rows if r["model"] in names and finite(r.get("valid_rankic_5d", math.nan))]
         return max(scored, key=lambda r: r["valid_rankic_5d"], default=None)
 
-    out = []
-    for what, names in (("model", [r["model"] for r in rows if r["model"] not in NOT_CHOSEN]),
-                        ("rule", [r["model"] for r in rows if r["model"] in RULES])):  # fmt: skip
-        pick = best(names)
-        if pick is not None:
-            out.append(
-                f"Chosen on validation (the {what} with the best validation RankIC at 5 days, before any test "
-                f"day): **{pick['model']}** ({pick['valid_rankic_5d']:.4f}; its test RankIC "
-                f"{fmt(pick.get('rankic_5d'), '.4f')})."
-            )
-    return [" ".join(out), ""] if out else []
+    model = best([r["model"] for r in rows if r["model"] not in NOT_CHOSEN])
+    rule = best([r["model"] for r in rows if r["model"] in RULES])
+    same = model is not None and rule is not None and model["model"] == rule["model"]
+
+    def said(kind: str, pick: dict[str, Any]) -> str:
+        return (
+            f"{kind} **{pick['model']}** (validation {pick['valid_rankic_5d']:.4f}, test "
+            f"{fmt(pick.get('rankic_5d'), '.4f')})"
+        )
+
+    parts = [said("model and rule" if same else "model", model)] if model is not None else []
+    if rule is not None and not same:
+        parts.append(said("rule", rule))
+    if not parts:
+        return []
+    return [
+        "Chosen on validation (the best validation RankIC at 5 days, before any test day): "
+        + "; ".join(parts)
+        + ".",
+        "",
+    ]
 
 
 def render_compare_markdown(
