@@ -451,6 +451,17 @@ def test_dominated_loss_recommends_a_computed_weight(tmp_path):
     d = diagnose(make_run(tmp_path, dominated))
     # weight x k with k = 0.6 * 0.04 / (0.4 * 0.96) = 0.0625: 0.5 -> 0.031
     assert "loss.weights.rankic=0.031" in d.main.command
+    # a ranking term that dominates is how the model learns to rank: information, with the measured cost
+    assert d.main.severity == "info" and "0.065 to 0.016" in d.main.recommendation
+
+    def huber_dominates(parts):
+        for row in parts["rows"]:
+            row |= {"gradshare_huber": 0.96, "gradshare_rankic": 0.01, "gradshare_pinball": 0.01,
+                    "gradshare_coverage": 0.01, "gradshare_variance_floor": 0.01}  # fmt: skip
+
+    d = diagnose(make_run(tmp_path / "huber", huber_dominates))
+    assert d.main.name == "dominated_loss" and d.main.severity == "warning"
+    assert "loss.weights.huber=0.063" in d.main.command  # 1.0 x 0.0625 and "0.016" not in d.main.recommendation
 
 
 def test_rmse_fix_depends_on_what_holds_the_spread(tmp_path):
