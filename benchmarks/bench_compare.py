@@ -25,8 +25,9 @@ from pathlib import Path
 from harness import RESULTS, run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
-# APEX-Ranker runs one seed: a CPU step costs ~13x ATFT-GAT-FAN's (docs/apex.md)
-MODELS = "atft,apex:1,lgbm,ridge,ridge_graph,momentum,reversal"
+# APEX-Ranker runs one seed: a CPU step costs ~13x ATFT-GAT-FAN's (docs/apex.md); atft_ens is the ensemble of the
+# atft seeds (no training of its own)
+MODELS = "atft,atft_ens,apex:1,lgbm,ridge,ridge_graph,momentum,reversal"
 JP_SEGMENTS = [
     "data.split.mode=explicit",
     "data.split.train=[2019-07-01,2024-04-30]",
