@@ -219,7 +219,8 @@ def _train_deep(
     run = RunFolder(run_dir)
     reset_peak_memory()
     started = time.time()
-    if run.is_finished():
+    if run.is_finished():  # a finished run without its unit (scoring was interrupted): reused if unchanged
+        _check_unchanged(folder, model, seed, fold, cfg)
         summary = run.read_summary() or {}
     else:
         if run.root.exists():  # an interrupted unit starts again: only finished runs are reused
