@@ -461,7 +461,9 @@ def test_dominated_loss_recommends_a_computed_weight(tmp_path):
 
     d = diagnose(make_run(tmp_path / "huber", huber_dominates))
     assert d.main.name == "dominated_loss" and d.main.severity == "warning"
-    assert "loss.weights.huber=0.063" in d.main.command  # 1.0 x 0.0625 and "0.016" not in d.main.recommendation
+    assert (
+        "loss.weights.huber=0.063" in d.main.command
+    )  # 1.0 x 0.0625 and "0.016" not in d.main.recommendation
 
 
 def test_rmse_fix_depends_on_what_holds_the_spread(tmp_path):

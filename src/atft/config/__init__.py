@@ -23,6 +23,7 @@ from atft.config.loader import (
     EnvAlias,
     ResolvedConfig,
     available_presets,
+    config_changes,
     find_config_dir,
     load_config,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ResolvedConfig",
     "TrainConfig",
     "available_presets",
+    "config_changes",
     "find_config_dir",
     "load_config",
     "schema_fields",

@@ -476,3 +476,17 @@ def load_config(
         if key in origins and OmegaConf.select(cfg, key) != spec.default
     }
     return ResolvedConfig(cfg=cfg, sources=sources, preset=NO_PRESET if preset is None else str(preset))
+
+
+def config_changes(a: Any, b: Any) -> list[str]:
+    """The dotted keys whose values differ between two configs (a run's saved one and the one it would be
+    trained with now): what makes a finished run unfit for reuse."""
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix.rstrip("."): tree}
+        return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    flat_a = flat(OmegaConf.to_container(a, resolve=True))
+    flat_b = flat(OmegaConf.to_container(b, resolve=True))
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))

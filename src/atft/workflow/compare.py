@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from omegaconf import OmegaConf
 
-from atft.config import DEFAULT_PRESET, ATFTConfig, load_config
+from atft.config import DEFAULT_PRESET, ATFTConfig, config_changes, load_config
 from atft.data.splits import splits_from_config
 from atft.evaluation.backtest import backtest
 from atft.evaluation.ensemble import average_forecasts
@@ -249,20 +249,16 @@ def _check_unchanged(folder: CompareFolder, model: str, seed: int, fold: int, cf
     run = RunFolder(folder.run_dir(model, seed, fold))
     if not run.config_file.is_file():
         return  # a unit copied without its run folder: nothing to check it against
-    before, now = _flat(OmegaConf.to_container(run.read_config())), _flat(OmegaConf.to_container(cfg))
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    before = run.read_config()
+    changed = config_changes(before, cfg)
     if changed:
-        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        shown = ", ".join(
+            f"{k} {OmegaConf.select(before, k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in changed[:3]
+        )
         raise CompareFolderError(
             f"{run.root} was trained with another config than the preset gives now ({shown}"
             f"{', ...' if len(changed) > 3 else ''}): the preset changed since; give another --out"
         )
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def _ensemble(

@@ -42,9 +42,8 @@ import lightning as L
 import optuna
 import yaml
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 
-from atft.config import DEFAULT_PRESET, ENV_ALIASES, ATFTConfig, ConfigError, load_config
+from atft.config import DEFAULT_PRESET, ENV_ALIASES, ATFTConfig, ConfigError, config_changes, load_config
 from atft.config.schema import MONITORED_METRICS
 from atft.config.validation import parse_bool
 from atft.data.splits import splits_from_config
@@ -573,13 +572,6 @@ def _run_variant(
                             parameters=int(summary.get("parameters") or 0), peak_mb=peak)  # fmt: skip
         folder.write_unit(record)
     return record
-
-
-def config_changes(a: ATFTConfig, b: ATFTConfig) -> list[str]:
-    """The dotted keys whose values differ between two configs."""
-    flat_a = dict(_flatten(OmegaConf.to_container(a, resolve=True)))
-    flat_b = dict(_flatten(OmegaConf.to_container(b, resolve=True)))
-    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
 
 
 def pick_winner(variants: Sequence[VariantResult]) -> str | None:
