@@ -17,7 +17,8 @@ from atft.evaluation.ensemble import average_forecasts
 from atft.evaluation.metrics import mean_daily_rank_ic
 from atft.evaluation.stats import paired_daily
 from atft.training.run_folder import RunFolder
-from atft.workflow.compare import compare, parse_models, seed_counts, summarize
+from atft.config import config_changes, load_config
+from atft.workflow.compare import _deep_config, compare, parse_models, seed_counts, summarize
 from atft.workflow.compare_folder import CompareFolder, CompareFolderError
 
 runner = CliRunner()
@@ -197,3 +198,16 @@ def test_a_comparison_grows_with_new_models_and_reuses_its_units(compared, tiny_
     for path, stamp in stamps.items():
         assert path.stat().st_mtime_ns == stamp  # nothing finished was redone
     assert CompareFolder(out).settings()["seeds"] == {"atft": 1, "ridge": 1, "ridge_graph": 1}
+
+
+def test_a_deep_model_trains_with_its_own_preset_on_the_default_one():
+    """On the default preset APEX-Ranker's units use configs/apex.yaml (its ranking objective), as documented;
+    a preset given explicitly applies to every model."""
+    cfg = _deep_config(load_config("cpu").cfg, "cpu", ["train.max_epochs=3"], "apex", 1)
+    own = load_config("apex", ["train.max_epochs=3", "model.name=apex", f"train.seed={cfg.train.seed}"]).cfg
+    assert config_changes(cfg, own) == []
+    assert cfg.loss.listnet.enabled and cfg.model.head.variant == "apex" and cfg.train.seed == 43
+    atft = _deep_config(load_config("cpu").cfg, "cpu", [], "atft", 0)
+    assert not atft.loss.listnet.enabled and atft.model.name == "atft_gat_fan"
+    explicit = _deep_config(load_config("cpu").cfg, "production", [], "apex", 0)
+    assert not explicit.loss.listnet.enabled  # an explicit preset is not replaced

@@ -237,9 +237,11 @@ def _train_deep(
 def _deep_config(
     base: ATFTConfig, preset: str | Path | None, overrides: Sequence[str], model: str, seed: int
 ) -> ATFTConfig:
-    """The config a deep model's unit trains with: the preset, the overrides, the model and its seed."""
+    """The config a deep model's unit trains with: its preset (its own on the default one, ``model_preset``),
+    the overrides, the model and its seed."""
     return load_config(
-        preset, [*overrides, f"model.name={DEEP_MODELS[model]}", f"train.seed={base.train.seed + seed}"]
+        model_preset(model, preset),
+        [*overrides, f"model.name={DEEP_MODELS[model]}", f"train.seed={base.train.seed + seed}"],
     ).cfg
 
 
