@@ -13,11 +13,11 @@ from test_training import TINY
 from typer.testing import CliRunner
 
 from atft.cli.app import app
+from atft.config import config_changes, load_config
 from atft.evaluation.ensemble import average_forecasts
 from atft.evaluation.metrics import mean_daily_rank_ic
 from atft.evaluation.stats import paired_daily
 from atft.training.run_folder import RunFolder
-from atft.config import config_changes, load_config
 from atft.workflow.compare import _deep_config, compare, parse_models, seed_counts, summarize
 from atft.workflow.compare_folder import CompareFolder, CompareFolderError
 
