@@ -6,8 +6,8 @@
 - ``jp``: the real sample (../shared/data/jp_large_caps) on explicit segments (train 2019-07-01..2024-04-30,
   valid 2024-06-03..2025-04-30, test 2025-06-02..2026-05-29), 10 bps per side, 3 seeds, the same models
   without the oracle.
-- ``rolling``: ATFT-GAT-FAN refit every 21 trading days on 756 days over the JP test segment, as one
-  continuous series.
+- ``rolling``: ATFT-GAT-FAN refit every 21 trading days on 756 days over the JP test segment, each block
+  warm-started from the previous one's weights for 1 epoch (the first trains 3), as one continuous series.
 
 Each job is an ``atft`` command in a child process (``atft compare`` / ``atft rolling``), resumable: rerun
 the same command and finished units are reused. The tables (compare.md/json/csv, plots, rolling.md/json) are
@@ -83,8 +83,8 @@ def main() -> None:
                              str(args.seeds), "--out", str(out), *JP_SEGMENTS)  # fmt: skip
         else:
             timing = run_cli("rolling", "--data-path", str(work / "jp"), "--model", "atft", "--every", "21",
-                             "--train-days", "756", "--start", "2025-06-02", "--end", "2026-05-29", "--out",
-                             str(out), "eval.cost_bps=10", "train.max_epochs=3")  # fmt: skip
+                             "--train-days", "756", "--start", "2025-06-02", "--end", "2026-05-29", "--warm-start",
+                             "--warm-epochs", "1", "--out", str(out), "eval.cost_bps=10", "train.max_epochs=3")  # fmt: skip
         keep(out, f"compare_{job}")
         print(job, timing, flush=True)
 
