@@ -32,10 +32,11 @@ def average_forecasts(members: Sequence[pl.DataFrame]) -> pl.DataFrame:
         if missing:
             raise ValueError(f"ensemble member {i}: column(s) {', '.join(missing)} missing")
     first = members[0].select(*KEYS, "label").sort(KEYS)
+    keys = first.select(KEYS)
     z = []
     for i, frame in enumerate(members):
         rows = frame.select(*KEYS, "prediction").sort(KEYS)
-        if rows.height != first.height or not rows.select(KEYS).equals(first.select(KEYS)):
+        if not rows.select(KEYS).equals(keys):
             raise ValueError(
                 f"ensemble member {i} forecasts other rows than member 0 ({rows.height:,} against "
                 f"{first.height:,}): its members must share a test segment"

@@ -102,9 +102,7 @@ def sign_flips(table: pl.DataFrame, reference: str, later: str, t_min: float) ->
     before. Both lists are ordered by |t| in ``later``, largest first.
     """
     t = pl.col(f"t_{later}")
-    significant = table.filter(t.is_not_nan() & (t.abs() >= t_min)).sort(
-        pl.col(f"t_{later}").abs(), descending=True
-    )
+    significant = table.filter(t.is_not_nan() & (t.abs() >= t_min)).sort(t.abs(), descending=True)
     flipped = significant.filter(
         pl.col(f"rankic_{reference}").is_not_nan()
         & (pl.col(f"rankic_{reference}").sign() != pl.col(f"rankic_{later}").sign())

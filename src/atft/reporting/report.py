@@ -551,9 +551,10 @@ def _factor_ics(d: Diagnosis, f: Facts) -> Section:
     top_train = table["feature"].to_list()[:FACTOR_ROWS]  # the table is sorted by |RankIC| in training
     top_later = r.significant[:FACTOR_ROWS]
     shown = list(dict.fromkeys(top_train + top_later))
+    by_feature = {row["feature"]: row for row in table.iter_rows(named=True)}
     rows = []
     for name in shown:
-        row = table.row(table["feature"].to_list().index(name), named=True)
+        row = by_feature[name]
         cells = [f"`{name}`"]
         for seg in names:
             cells.append(f"{_n(row[f'rankic_{seg}'])} ({fmt(row[f't_{seg}'], '.1f')})")

@@ -616,11 +616,11 @@ def _check_regime_change(f: Facts, th: Thresholds) -> Check:
         return Check(False, "; ".join(r.notes) or "no factor ICs by period")
     n, k = len(r.significant), len(r.flipped)
     share = k / n if n else math.nan
-    table = r.table
-    examples = []
-    for name in r.flipped[:3]:
-        row = table.row(table["feature"].to_list().index(name), named=True)
-        examples.append(f"{name} {_f(row['rankic_train'])} → {_f(row[f'rankic_{r.later}'])}")
+    by_feature = {row["feature"]: row for row in r.table.iter_rows(named=True)}
+    examples = [
+        f"{name} {_f(by_feature[name]['rankic_train'])} → {_f(by_feature[name][f'rankic_{r.later}'])}"
+        for name in r.flipped[:3]
+    ]
     evidence = (
         f"{k} of the {n} features with |NW t| ≥ {th['regime_t']:g} alone on {r.later} had the opposite sign "
         f"on train ({share:.0%})"

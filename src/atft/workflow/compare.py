@@ -228,10 +228,9 @@ def _train_deep(
         summary = train_run(cfg, dataset.root, run_dir, fold=fold, say=say, progress_bar=False)
     seconds = float(summary.get("seconds", time.time() - started))
     preds = run.read_predictions("test")
-    record = score_unit(cfg, dataset, model, seed, fold, preds, seconds=seconds,
-                        parameters=int(summary.get("parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
-    record.valid = validation_scores(cfg, run.read_predictions("valid"))
-    return record
+    return score_unit(cfg, dataset, model, seed, fold, preds, valid=run.read_predictions("valid"),
+                      seconds=seconds, parameters=int(summary.get("parameters", 0)),
+                      peak_mb=peak_memory_mb())  # fmt: skip
 
 
 def _deep_config(
@@ -273,12 +272,12 @@ def _ensemble(
 ) -> UnitRecord:
     """The seed ensemble of a deep model's finished runs on ``fold``; its cost is the sum of theirs."""
     runs = [RunFolder(folder.run_dir(m.model, m.seed, fold)) for m in members]
-    preds = average_forecasts([run.read_predictions("test") for run in runs])
-    record = score_unit(base, dataset, model, 0, fold, preds, seconds=sum(m.seconds for m in members),
-                        parameters=sum(m.parameters for m in members),
-                        peak_mb=max(m.peak_mb for m in members))  # fmt: skip
-    record.valid = validation_scores(base, average_forecasts([run.read_predictions("valid") for run in runs]))
-    return record
+    preds, valid = (
+        average_forecasts([run.read_predictions(split) for run in runs]) for split in ("test", "valid")
+    )
+    return score_unit(base, dataset, model, 0, fold, preds, valid=valid, seconds=sum(m.seconds for m in members),
+                      parameters=sum(m.parameters for m in members),
+                      peak_mb=max(m.peak_mb for m in members))  # fmt: skip
 
 
 def _fit_baseline(
@@ -289,10 +288,9 @@ def _fit_baseline(
     estimator = BASELINES[model](cfg.train.seed + seed)
     preds = estimator.fit(run).predict(run, "test")
     seconds = time.time() - started
-    record = score_unit(cfg, run.dataset, model, seed, fold, preds, seconds=seconds,
-                        parameters=int(getattr(estimator, "n_parameters", 0)), peak_mb=peak_memory_mb())  # fmt: skip
-    record.valid = validation_scores(cfg, estimator.predict(run, "valid"))
-    return record
+    return score_unit(cfg, run.dataset, model, seed, fold, preds, valid=estimator.predict(run, "valid"),
+                      seconds=seconds, parameters=int(getattr(estimator, "n_parameters", 0)),
+                      peak_mb=peak_memory_mb())  # fmt: skip
 
 
 def score_unit(
@@ -303,11 +301,13 @@ def score_unit(
     fold: int,
     preds: pl.DataFrame,
     *,
+    valid: pl.DataFrame | None = None,
     seconds: float,
     parameters: int,
     peak_mb: float,
 ) -> UnitRecord:
-    """Score one unit's test forecasts: the evaluation and the 5-day staggered long-short book."""
+    """Score one unit's test forecasts: the evaluation and the 5-day staggered long-short book; and its
+    ``valid`` forecasts, when given, by ``validation_scores``."""
     evaluation = evaluate_predictions(
         preds, oracle=dataset.oracle(), cost_bps=cfg.eval.cost_bps, quantile=cfg.eval.quantile
     )
@@ -332,6 +332,7 @@ def score_unit(
         per_day=evaluation.per_day,
         book_daily=book.daily,
         keys=preds.select("date", "code", "horizon").sort("date", "code", "horizon"),
+        valid=validation_scores(cfg, valid) if valid is not None else {},
     )
 
 
