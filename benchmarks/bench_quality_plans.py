@@ -2,7 +2,9 @@
 
 Runs ``configs/experiments/quality_synth.yaml`` (learning rate, weight averaging, loss balance),
 ``quality_synth_arch.yaml`` (variable selection, the IC loss, horizon weights, FAN, the graph) and
-``quality_synth_seeds.yaml`` (the winner on two more seeds), each against the demo's setting, and copies
+``quality_synth_seeds.yaml`` (the winner on two more seeds), ``quality_synth_targets.yaml`` (labels, capacity,
+context, graph) and ``quality_synth_groups.yaml`` (drop-one feature groups), each against the demo's setting
+of its time, and copies
 each plan's report (compare.md, experiment.json) to ``results/<plan>/``. Resumable like `atft experiment`:
 finished variants are reused. The winner is read on validation; docs/quality.md has the table.
 Usage: ``.venv/bin/python benchmarks/bench_quality_plans.py [--work DIR]`` (about 10 minutes a variant on
@@ -19,7 +21,13 @@ from pathlib import Path
 from harness import RESULTS, run_cli
 
 PLANS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
-NAMES = ("quality_synth", "quality_synth_arch", "quality_synth_seeds")
+NAMES = (
+    "quality_synth",
+    "quality_synth_arch",
+    "quality_synth_seeds",
+    "quality_synth_targets",
+    "quality_synth_groups",
+)
 
 
 def main() -> None:

@@ -68,6 +68,10 @@ class DataConfig:
         metadata={"ge": 1, "le": 260, "min_length": 1, "increasing": True},
     )
     lookback: int = field(default=20, metadata={"ge": 1})
+    # The label the models learn from (docs/dataset.md, labels): the raw forward return, minus the index's
+    # ("excess"), minus the sector's mean ("sector_resid"), or its percentile rank that day ("rank").
+    # Validation, early stopping, forecasts and every metric read the raw return whatever this says.
+    target: str = field(default="raw", metadata={"choices": ("raw", "excess", "sector_resid", "rank")})
     min_stocks_per_day: int = field(default=20, metadata={"ge": 1})
     sector_level: str = field(default="sector17", metadata={"choices": ("sector17", "sector33")})
     # Absolute daily return above which a move is treated as a data error / corporate action.
@@ -92,6 +96,9 @@ class FeaturesConfig:
 
     normalization: str = field(default="robust_z", metadata={"choices": ("robust_z", "z")})
     clip: float = field(default=5.0, metadata={"gt": 0.0})
+    # Feature groups of the dataset's manifest (``returns``, ``volume_liquidity`` ...) that the models do not
+    # read: an ablation knob (docs/quality.md). Applied when a run loads the panel, not when the dataset is built.
+    drop_groups: list[str] = field(default_factory=list)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 

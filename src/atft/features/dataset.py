@@ -66,6 +66,25 @@ def select_features(manifest: dict[str, Any], names: list[str] | None = None) ->
     return list(names)
 
 
+def features_without(manifest: dict[str, Any], drop_groups: list[str]) -> list[str]:
+    """The manifest's ``model_features`` minus every feature of the groups named in ``drop_groups``.
+
+    Raises DatasetError for a group the manifest lacks, naming the groups it has.
+    """
+    groups = manifest["features"]
+    unknown = [g for g in drop_groups if g not in groups]
+    if unknown:
+        raise DatasetError(
+            f"features.drop_groups: unknown group(s) {', '.join(map(repr, unknown))}; "
+            f"the dataset's groups are {', '.join(groups)}"
+        )
+    dropped = {n for g in drop_groups for n in groups[g]}
+    kept = [n for n in manifest["model_features"] if n not in dropped]
+    if not kept:
+        raise DatasetError(f"features.drop_groups={list(drop_groups)} leaves no feature to read")
+    return kept
+
+
 DAMAGED_HINT = "rebuild it with `atft data build --raw RAW --out DIR --overwrite`"
 
 

@@ -25,6 +25,15 @@ def label_names(horizons: list[int]) -> dict[str, list[str]]:
     }
 
 
+def training_labels(horizons: list[int], target: str) -> list[str]:
+    """The label columns a run learns from for ``data.target`` (``raw``, ``excess``, ``sector_resid``, ``rank``)."""
+    kind = "target" if target == "raw" else target
+    names = label_names(horizons)
+    if kind not in names or kind == "label_end":
+        raise ValueError(f"data.target={target!r}: expected one of raw, excess, sector_resid, rank")
+    return names[kind]
+
+
 def build_labels(panel: pl.DataFrame, index: pl.DataFrame, horizons: list[int]) -> pl.DataFrame:
     """Labels for every (code, date) of ``panel`` (sorted by code, date; with ``close`` and ``sector``),
     returned sorted by (date, code) like the features.

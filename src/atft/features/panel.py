@@ -170,8 +170,6 @@ class DayPanel:
         features = select_features(manifest, features)  # the one gate: refuses labels and oracle columns
         labels = list(labels if labels is not None else manifest["labels"]["target"])
         _check_names(features, folder.columns("features"), folder.path("features"), "features")
-        label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
-        _check_names(labels + label_ends, folder.columns("labels"), folder.path("labels"), "labels")
 
         stocks = folder.stock_table().select("code", "stock_id", "sector_id")
         codes = stocks["code"].to_list()
@@ -181,17 +179,7 @@ class DayPanel:
         x = np.full((n_stocks, n_days, len(features)), np.nan, dtype=np.float32)
         flat = _row_index(folder, "features", codes, dates)
         _scatter(x, flat, folder, "features", features)
-        y = np.full((n_stocks, n_days, len(labels)), np.nan, dtype=np.float32)
-        flat = _row_index(folder, "labels", codes, dates)
-        _scatter(y, flat, folder, "labels", labels)
-
-        label_end = np.full((n_stocks, n_days, len(labels)), -1, dtype=np.int32)
-        ends = folder.read("labels", sorted(set(label_ends)))
-        for j, name in enumerate(label_ends):  # one pass per label column, not per row
-            end_dates = ends[name].to_numpy()
-            known = ~np.isnat(end_dates)
-            label_end.reshape(-1, len(labels))[flat[known], j] = np.searchsorted(dates, end_dates[known])
-
+        y, label_end = _read_labels(folder, labels, codes, dates)
         return cls(
             x,
             y,
@@ -203,6 +191,25 @@ class DayPanel:
             stocks["stock_id"].to_numpy(),
             stocks["sector_id"].fill_null(0).to_numpy(),
         )
+
+    def with_labels(self, dataset_dir: str | Path | DatasetFolder, labels: list[str]) -> DayPanel:
+        """The same panel with other labels read from its dataset (``target_5d_rank`` ...): the features are
+        shared, not copied. A run trains on such a panel when ``data.target`` is not the raw return."""
+        folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
+        y, label_end = _read_labels(folder, list(labels), list(self.codes), self.dates)
+        panel = DayPanel(
+            self.x,
+            y,
+            label_end,
+            self.dates,
+            self.codes,
+            self.feature_names,
+            labels,
+            self.stock_id,
+            self.sector_id,
+        )
+        panel._row_ok = self._row_ok
+        return panel
 
     @property
     def row_ok(self) -> np.ndarray:
@@ -250,6 +257,26 @@ class DayPanel:
         if out is None:
             out = empty_float32((len(index), lookback, self.x.shape[2]))
         return torch.index_select(self.window_view(day, lookback), 0, index, out=out)
+
+
+def _read_labels(
+    folder: DatasetFolder, labels: list[str], codes: list[str], dates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels ``[S, D, H]`` (NaN where null) and the calendar index of each one's last close (-1 where null)."""
+    label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
+    _check_names(labels + label_ends, folder.columns("labels"), folder.path("labels"), "labels")
+    n_stocks, n_days = len(codes), len(dates)
+    y = np.full((n_stocks, n_days, len(labels)), np.nan, dtype=np.float32)
+    flat = _row_index(folder, "labels", codes, dates)
+    _scatter(y, flat, folder, "labels", labels)
+
+    label_end = np.full((n_stocks, n_days, len(labels)), -1, dtype=np.int32)
+    ends = folder.read("labels", sorted(set(label_ends)))
+    for j, name in enumerate(label_ends):  # one pass per label column, not per row
+        end_dates = ends[name].to_numpy()
+        known = ~np.isnat(end_dates)
+        label_end.reshape(-1, len(labels))[flat[known], j] = np.searchsorted(dates, end_dates[known])
+    return y, label_end
 
 
 def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:

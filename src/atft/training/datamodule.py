@@ -248,6 +248,8 @@ class DayDataModule(L.LightningDataModule):
 
     Training days are shuffled from (seed, epoch) (``EpochShuffle``); evaluation days come in date order. Each split masks
     labels whose window ends after its own last day (``label_cutoff``), so no label reaches past its segment.
+    ``train_panel`` (the same panel with other labels, :meth:`DayPanel.with_labels`) gives the training split
+    the labels a run learns from (``data.target``); validation and test always serve the panel's own.
     """
 
     def __init__(
@@ -266,9 +268,11 @@ class DayDataModule(L.LightningDataModule):
         labels: list[str] | None = None,
         train_exclude: np.ndarray | None = None,
         graph: DayGraph | None = None,
+        train_panel: DayPanel | None = None,
     ) -> None:
         super().__init__()
         self.graph = graph
+        self.train_panel = train_panel
         self.train_exclude = train_exclude
         self.panel = dataset_dir if isinstance(dataset_dir, DayPanel) else None
         self.dataset_dir = None if self.panel is not None else Path(dataset_dir)
@@ -295,8 +299,9 @@ class DayDataModule(L.LightningDataModule):
             if span is not None and split not in self.datasets:
                 start, end = span
                 cutoff = len(self.panel.dates) - 1 if end is None else end
+                panel = self.train_panel if split == "train" and self.train_panel is not None else self.panel
                 self.datasets[split] = DayDataset(
-                    self.panel,
+                    panel,
                     start,
                     end,
                     lookback=self.lookback,

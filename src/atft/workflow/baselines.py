@@ -69,7 +69,8 @@ class SegmentRows:
 
 
 def segment_rows(run: RunData, split: str) -> SegmentRows:
-    """The rows of ``split`` exactly as ``DayDataset`` serves them to ATFT-GAT-FAN (vectorized gathers)."""
+    """The rows of ``split`` exactly as ``DayDataset`` serves them to ATFT-GAT-FAN (vectorized gathers); its labels
+    are the segment's own (the training segment's follow ``data.target``)."""
     if split not in run.data.datasets:
         raise ValueError(
             f"the run has no {split!r} segment (it has: {', '.join(run.data.datasets) or 'none'}); "
@@ -81,7 +82,7 @@ def segment_rows(run: RunData, split: str) -> SegmentRows:
     local_day = np.repeat(np.arange(len(ds)), counts)  # [n] the segment's own day number
     stock = ds.stock_idx.astype(np.int64)
     y_mask = ds.label_mask[local_day, stock]  # [n, H]
-    y = np.where(y_mask, run.panel.y[stock, day], np.float32(np.nan)).astype(np.float32)
+    y = np.where(y_mask, ds.panel.y[stock, day], np.float32(np.nan)).astype(np.float32)
     return SegmentRows(day, stock, y, y_mask, np.asarray(ds.day_ptr, dtype=np.int64))
 
 

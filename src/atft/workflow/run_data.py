@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from atft.config import ATFTConfig
 from atft.data.splits import Split, splits_from_config
-from atft.features.dataset import DatasetFolder
+from atft.features.dataset import DatasetFolder, features_without
 from atft.features.guard import guard_dataset
+from atft.features.labels import training_labels
 from atft.features.panel import DayPanel
 from atft.models.graph import DayGraphBuilder, uses_graph
 from atft.training.datamodule import DayDataModule
@@ -73,7 +74,15 @@ def load_run_data(
     dataset.check_horizons(list(cfg.data.horizons))
 
     say("loading the panel")
-    panel = DayPanel.load(dataset, labels=[f"target_{h}d" for h in cfg.data.horizons])
+    horizons = list(cfg.data.horizons)
+    features = features_without(dataset.manifest, list(cfg.features.drop_groups))
+    if cfg.features.drop_groups:
+        say(f"leaving out the feature groups {', '.join(cfg.features.drop_groups)} (features.drop_groups)")
+    panel = DayPanel.load(dataset, features=features, labels=training_labels(horizons, "raw"))
+    train_panel = None
+    if cfg.data.target != "raw":
+        say(f"training on the {cfg.data.target} labels (data.target); scoring on the raw returns")
+        train_panel = panel.with_labels(dataset, training_labels(horizons, cfg.data.target))
     split = pick_fold(splits_from_config(dataset.calendar(), cfg), fold)
     data = DayDataModule.from_split(
         panel,
@@ -84,6 +93,7 @@ def load_run_data(
         seed=cfg.train.seed,
         num_workers=cfg.train.num_workers,
         graph=day_graph(panel, cfg, dataset),
+        train_panel=train_panel,
     )
     if not with_test:
         data.ranges["test"] = None
