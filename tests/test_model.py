@@ -53,6 +53,8 @@ def two_day_graph(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         ("model.temporal.lstm_layers=2", "model.gat.layers=2"),
         ("model.shortcut=false",),
         ("model.shortcut=false", "model.graph.mode=none"),
+        ("model.shortcut_to=heads",),
+        ("model.shortcut_to=both", "model.graph.mode=none"),
     ],
 )
 def test_shapes_and_switches(overrides):
@@ -117,12 +119,50 @@ def test_the_shortcut_reads_the_last_day_and_the_neighbours_mean():
     x_last = torch.randn(4, 8)
     edge_index = torch.tensor([[1, 2, 0, 0], [0, 0, 1, 2]])  # stock 0 hears 1 and 2; 3 is isolated
     edge_attr = torch.tensor([[0.5, 0, 0], [-0.25, 0, 0], [0.5, 0, 0], [-0.25, 0, 0]])
-    out = shortcut(x_last, edge_index, edge_attr)
+    out, to_heads = shortcut(x_last, edge_index, edge_attr)
+    assert to_heads is None  # the default enters the embedding only
     torch.testing.assert_close(out[:, :8], x_last)
     expected = (0.5 * x_last[1] + 0.25 * x_last[2]) / 0.75  # weighted by |corr|
     torch.testing.assert_close(out[0, 8:], expected)
     torch.testing.assert_close(out[1, 8:], x_last[0])
     assert torch.equal(out[3, 8:], torch.zeros(8))
+
+
+@pytest.mark.parametrize("where", ["heads", "both"])
+def test_the_shortcut_to_the_heads_adds_a_linear_map_per_horizon_to_every_output(where):
+    """Against a hand-computed reference: point and quantiles move by (W u + b) * target_scale, where u is the
+    last day's features and their |corr|-weighted neighbour mean; the shortcut starts at zero."""
+    scale = [0.01, 0.02, 0.03, 0.05]
+    cfg = model_cfg("model.hidden_size=16", "model.gat.heads=2", "model.temporal.attention_heads=2",
+                    f"model.shortcut_to={where}")  # fmt: skip
+    torch.manual_seed(0)
+    model = ATFTGATFAN(8, HORIZONS, list(cfg.quantiles), cfg, target_scale=scale).eval()
+    assert (model.shortcut.proj is not None) == (where == "both")
+    x = torch.randn(4, 10, 8)
+    edge_index = torch.tensor([[1, 2, 0, 0], [0, 0, 1, 2]])
+    edge_attr = torch.tensor([[0.5, 0, 0], [-0.25, 0, 0], [0.5, 0, 0], [-0.25, 0, 0]])
+    before = model(x, edge_index, edge_attr)
+    weight, bias = torch.randn(4, 16), torch.randn(4)
+    with torch.no_grad():
+        model.shortcut.to_heads.weight.copy_(weight)
+        model.shortcut.to_heads.bias.copy_(bias)
+    after = model(x, edge_index, edge_attr)
+    x_last = x[:, -1]
+    neighbours = torch.stack(
+        [(0.5 * x_last[1] + 0.25 * x_last[2]) / 0.75, x_last[0], x_last[0], torch.zeros(8)]
+    )
+    expected = (torch.cat([x_last, neighbours], dim=-1) @ weight.T + bias) * torch.tensor(scale)  # [4, 4]
+    torch.testing.assert_close(after["point"] - before["point"], expected)
+    torch.testing.assert_close(
+        after["quantiles"] - before["quantiles"], expected[..., None].expand(-1, -1, 5)
+    )
+
+
+def test_the_default_shortcut_keeps_its_checkpoint_names():
+    """Checkpoints trained before ``shortcut_to`` existed load into the default model."""
+    names = set(make_model().state_dict())
+    assert {"shortcut.proj.weight", "shortcut.proj.bias"} <= names
+    assert not any(n.startswith("shortcut.to_heads") for n in names)
 
 
 def test_fan_separates_the_dominant_frequency():

@@ -213,6 +213,9 @@ class ModelConfig:
     apex: ApexConfig = field(default_factory=ApexConfig)
     # A linear path from the last day's features (and, with the graph, their neighbour mean) to the heads.
     shortcut: bool = True
+    # Where the shortcut enters: the shared embedding (before the heads), each horizon's forecast directly
+    # (a per-horizon linear map, ridge's function class), or both.
+    shortcut_to: str = field(default="embedding", metadata={"choices": ("embedding", "heads", "both")})
     quantiles: list[float] = field(
         default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95],
         metadata={"gt": 0.0, "lt": 1.0, "min_length": 1, "increasing": True},

@@ -7,7 +7,8 @@ One day's cross-section of stock windows goes in; per-horizon point and quantile
                                day graph (edge_index, edge_attr)  ->  GATv2  ->  g [N, H] (neighbours' message)
                                                                           |
                                      gated fusion  z = h + gate * rescale(g)
-    x[:, -1] and its neighbour mean  ->  linear shortcut  ->  z + s  ->  heads  ->  forecasts
+    x[:, -1] and its neighbour mean  ->  linear shortcut  ->  z + s  ->  heads  ->  forecasts (+ its own
+                                                                     per-horizon map, with shortcut_to)
 
 N is the number of stock-windows in the batch (several days concatenated; the graph never links two days),
 L the lookback, F the features, H the hidden size. Every part has a switch so that it can be ablated:
@@ -243,22 +244,35 @@ class FeatureShortcut(nn.Module):
     ridge would. The neighbour mean weighs each neighbour by |corr| (edge attribute 0); it is zero for a
     stock without neighbours, and for one whose neighbours all have corr 0 (too little shared history, or
     links that come from the sector alone in ``graph.mode=sector``).
+
+    With ``to_heads`` (``model.shortcut_to`` heads or both) the same inputs also reach each horizon's forecast
+    through a linear map of their own, added to the point and every quantile: a per-horizon ridge inside the
+    model, which the shared embedding and the heads' MLP reach only indirectly.
     """
 
-    def __init__(self, n_features: int, hidden: int, use_graph: bool) -> None:
+    def __init__(self, n_features: int, hidden: int | None, n_horizons: int | None, use_graph: bool) -> None:
         super().__init__()
         self.use_graph = use_graph
-        self.proj = nn.Linear(n_features * (2 if use_graph else 1), hidden)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        n_in = n_features * (2 if use_graph else 1)
+        self.proj = nn.Linear(n_in, hidden) if hidden else None
+        self.to_heads = nn.Linear(n_in, n_horizons) if n_horizons else None
+        for layer in (self.proj, self.to_heads):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(
         self, x_last: torch.Tensor, edge_index: torch.Tensor | None, edge_attr: torch.Tensor | None
-    ) -> torch.Tensor:  # [N, F] -> [N, H]
-        if not self.use_graph:
-            return self.proj(x_last)
-        neighbours = neighbour_mean(x_last, edge_index, edge_attr[:, 0].abs())  # [N, F]
-        return self.proj(torch.cat([x_last, neighbours], dim=-1))
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # [N, F] -> [N, H] or None, [N, n_horizons] or None
+        u = x_last
+        if self.use_graph:
+            neighbours = neighbour_mean(x_last, edge_index, edge_attr[:, 0].abs())  # [N, F]
+            u = torch.cat([x_last, neighbours], dim=-1)  # [N, 2F]
+        to_embedding = self.proj(u) if self.proj is not None else None
+        if self.to_heads is None:
+            return to_embedding, None
+        with torch.autocast(u.device.type, enabled=False):  # forecasts in full precision, like the heads'
+            return to_embedding, self.to_heads(u.float())
 
 
 class HorizonHead(nn.Module):
@@ -307,15 +321,19 @@ class HorizonHead(nn.Module):
 
 
 def horizon_outputs(
-    heads: nn.ModuleList, h: torch.Tensor, target_scale: torch.Tensor
+    heads: nn.ModuleList, h: torch.Tensor, target_scale: torch.Tensor, offset: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Every horizon head on the stock embeddings ``h`` [N, H], back in return units (the heads predict in
-    units of each horizon's training-label std): the forward output every model of the engine returns."""
+    units of each horizon's training-label std): the forward output every model of the engine returns.
+    ``offset`` [N, n_horizons] (same units) shifts each horizon's point and quantiles alike."""
     point, quantiles = zip(*(head(h) for head in heads), strict=True)
-    scale = target_scale.to(h.dtype)
+    point, quantiles = torch.stack(point, dim=1), torch.stack(quantiles, dim=1)  # [N, n_h], [N, n_h, Q]
+    if offset is not None:
+        point, quantiles = point + offset, quantiles + offset[..., None]
+    scale = target_scale.to(point.dtype)
     return {
-        "point": torch.stack(point, dim=1) * scale,  # [N, n_horizons]
-        "quantiles": torch.stack(quantiles, dim=1) * scale[:, None],  # [N, n_horizons, Q]
+        "point": point * scale,  # [N, n_horizons]
+        "quantiles": quantiles * scale[:, None],  # [N, n_horizons, Q]
         "embedding": h,
     }
 
@@ -354,7 +372,11 @@ class ATFTGATFAN(nn.Module):
         self.use_graph = uses_graph(cfg)
         self.gat = CrossSectionGAT(hidden, cfg.gat.heads, cfg.gat.layers, dropout) if self.use_graph else None
         self.fusion = GatedFusion(hidden) if self.use_graph else None
-        self.shortcut = FeatureShortcut(n_features, hidden, self.use_graph) if cfg.shortcut else None
+        self.shortcut = None
+        if cfg.shortcut:
+            to_embedding = hidden if cfg.shortcut_to in ("embedding", "both") else None
+            to_heads = len(horizons) if cfg.shortcut_to in ("heads", "both") else None
+            self.shortcut = FeatureShortcut(n_features, to_embedding, to_heads, self.use_graph)
         self.heads = nn.ModuleList(HorizonHead(hidden, len(quantiles), cfg.head, dropout) for _ in horizons)
 
     def forward(
@@ -369,9 +391,11 @@ class ATFTGATFAN(nn.Module):
             if edge_index is None or edge_attr is None:
                 raise ValueError("the GAT is enabled but the batch has no graph: set model.graph.mode")
             h = self.fusion(h, self.gat(h, edge_index, edge_attr))  # [N, H]
+        offset = None
         if self.shortcut is not None:
-            h = h + self.shortcut(x_raw[:, -1], edge_index, edge_attr)  # [N, H]
-        return horizon_outputs(self.heads, h, self.target_scale)
+            s, offset = self.shortcut(x_raw[:, -1], edge_index, edge_attr)  # [N, H] or None, [N, n_h] or None
+            h = h + s if s is not None else h
+        return horizon_outputs(self.heads, h, self.target_scale, offset)
 
     @property
     def selection_weights(self) -> torch.Tensor | None:
