@@ -4,11 +4,12 @@ Runs ``configs/experiments/quality_synth.yaml`` (learning rate, weight averaging
 ``quality_synth_arch.yaml`` (variable selection, the IC loss, horizon weights, FAN, the graph) and
 ``quality_synth_seeds.yaml`` (the winner on two more seeds), ``quality_synth_targets.yaml`` (labels, capacity,
 context, graph) and ``quality_synth_groups.yaml`` (drop-one feature groups), each against the demo's setting
-of its time, and copies
+of its time, and on the JP sample ``quality_jp_targets.yaml`` (the training label, 3 seeds); copies
 each plan's report (compare.md, experiment.json) to ``results/<plan>/``. Resumable like `atft experiment`:
 finished variants are reused. The winner is read on validation; docs/quality.md has the table.
 Usage: ``.venv/bin/python benchmarks/bench_quality_plans.py [--work DIR]`` (about 10 minutes a variant on
-one core; the demo market is built under --work when it is not there).
+one core on the demo market, 3 on JP; the datasets are built under --work when they are not there;
+``--only PLAN`` runs one plan).
 """
 
 from __future__ import annotations
@@ -21,27 +22,42 @@ from pathlib import Path
 from harness import RESULTS, run_cli
 
 PLANS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
-NAMES = (
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
+SYNTH_PLANS = (
     "quality_synth",
     "quality_synth_arch",
     "quality_synth_seeds",
     "quality_synth_targets",
     "quality_synth_groups",
 )
+JP_PLANS = ("quality_jp_targets",)
+
+
+def dataset(work: Path, name: str) -> Path:
+    """The demo market or the JP sample, built under ``work`` once."""
+    if not (work / name).is_dir():
+        if name == "synth":
+            run_cli("data", "synth", "--out", str(work / "synth_raw"))
+        else:
+            run_cli("data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index",
+                    str(SAMPLE / "index_n225.parquet"), "--listed-info", str(SAMPLE / "listed_info.csv"),
+                    "--out", str(work / "jp_raw"))  # fmt: skip
+        run_cli("data", "build", "--raw", str(work / f"{name}_raw"), "--out", str(work / name))
+    return work / name
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--only", choices=SYNTH_PLANS + JP_PLANS, default=None, help="one plan instead of all")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="atft_quality_"))
-    if not (work / "synth").is_dir():
-        run_cli("data", "synth", "--out", str(work / "synth_raw"))
-        run_cli("data", "build", "--raw", str(work / "synth_raw"), "--out", str(work / "synth"))
-    for name in NAMES:
+    for name in [args.only] if args.only else SYNTH_PLANS + JP_PLANS:
+        data = dataset(work, "jp" if name in JP_PLANS else "synth")
         out = work / name
-        timing = run_cli("experiment", str(PLANS / f"{name}.yaml"), "--data-path", str(work / "synth"),
-                         "--out", str(out))  # fmt: skip
+        timing = run_cli(
+            "experiment", str(PLANS / f"{name}.yaml"), "--data-path", str(data), "--out", str(out)
+        )
         (RESULTS / name).mkdir(parents=True, exist_ok=True)
         for file in ("compare.md", "experiment.json"):
             shutil.copy(out / file, RESULTS / name / file)
