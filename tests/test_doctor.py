@@ -421,6 +421,20 @@ def test_collapse_evidence_and_fix(tmp_path):
     assert "loss.weights.variance_floor=2.0" in f.command and "train.optimizer.lr=0.0001" in f.command
 
 
+@pytest.mark.parametrize("perturb, rule", [(collapsed, "collapse"), (rmse_bad, "rmse_worse_than_naive")])
+def test_size_rules_stand_down_when_the_run_learns_ranks(tmp_path, perturb, rule):
+    """A run trained on percentile ranks forecasts ranks: its size cannot be held against raw returns."""
+    assert rule in fired(diagnose(make_run(tmp_path / "returns", perturb)))
+
+    def on_ranks(parts):
+        perturb(parts)
+        parts["config"]["data"]["target"] = "rank"
+
+    d = diagnose(make_run(tmp_path / "ranks", on_ranks))
+    finding = next(f for f in d.findings if f.name == rule)
+    assert not finding.fired and "data.target=rank" in finding.evidence
+
+
 def test_negative_ic_fires_only_when_every_horizon_is_negative(tmp_path):
     def one_positive(parts):
         negative_ic(parts)

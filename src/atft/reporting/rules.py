@@ -243,8 +243,21 @@ def _advise_non_finite(f: Facts, th: Thresholds) -> Advice:
     return Advice(advice, train_command(f, "finite", overrides))
 
 
+def _not_in_return_units(f: Facts) -> str | None:
+    """Why the forecasts' size cannot be held against the labels', or None when it can: a run trained on
+    percentile ranks (``data.target=rank``) forecasts ranks, while every size fact is measured on returns."""
+    if f.config.data.target == "rank":
+        return (
+            "not measured: the run learns percentile ranks (data.target=rank), so its forecasts are ranks "
+            "and their size cannot be compared with the raw returns it is scored on"
+        )
+    return None
+
+
 def _check_collapse(f: Facts, th: Thresholds) -> Check:
     """Predictions collapsed to a constant: SCALE (per-day std ratio) under ``collapse_scale``."""
+    if (why := _not_in_return_units(f)) is not None:
+        return Check(False, why)
     floor = th["collapse_scale"]
     split = f.headline_split
     delivered = {h: f.headline("scale", h) for h in f.horizons}
@@ -575,6 +588,8 @@ def _advise_plateau(f: Facts, th: Thresholds) -> Advice:
 
 def _check_rmse_worse_than_naive(f: Facts, th: Thresholds) -> Check:
     """The point forecast's RMSE is above that of always predicting 0, at any horizon."""
+    if (why := _not_in_return_units(f)) is not None:
+        return Check(False, why)
     parts, worse, _ = _rmse_ratios(f, th)
     evidence = f"RMSE / naive RMSE (always 0) on {f.headline_split}: " + ("; ".join(parts) or "n/a")
     return Check(bool(worse), evidence)
