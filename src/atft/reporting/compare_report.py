@@ -80,12 +80,12 @@ def render_compare_markdown(
         "fold(s). Every model is scored on the same test rows. "
         "Values are mean ± std over seeds (a seed's folds averaged first).",
         "",
-        "## Ranking: test RankIC per horizon (ICIR, Newey-West t-stat)",
+        "## Ranking: test RankIC per horizon (its IR, Newey-West t-stat)",
         "",
         "| model | "
         + " | ".join(f"RankIC {h}d" for h in horizons)
         + " | "
-        + " | ".join(f"ICIR {h}d" for h in horizons)
+        + " | ".join(f"RankIC IR {h}d" for h in horizons)
         + " | "
         + " | ".join(f"NW t {h}d" for h in horizons)
         + " | capture 5d | valid RankIC 5d |",
@@ -93,7 +93,7 @@ def render_compare_markdown(
     ]
     for row in rows:
         cells = [_pm(row, f"rankic_{h}d", ".4f") for h in horizons]
-        cells += [_pm(row, f"icir_{h}d", ".2f") for h in horizons]
+        cells += [_pm(row, f"rankicir_{h}d", ".2f") for h in horizons]
         cells += [_pm(row, f"rankic_nw_tstat_{h}d", ".1f") for h in horizons]
         cells.append(_pm(row, "capture_5d", ".0%") if finite(row.get("capture_5d", math.nan)) else "-")
         cells.append(_pm(row, "valid_rankic_5d", ".4f"))

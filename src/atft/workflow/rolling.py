@@ -182,13 +182,13 @@ def render_rolling(summary: dict[str, Any], table: list[dict[str, Any]], horizon
         f"purge {summary['purge_days']} days, warm start {'on' if summary['warm_start'] else 'off'}; out of "
         f"sample {summary['first_test_day']} .. {summary['last_test_day']}, as one continuous series.",
         "",
-        "| horizon | RankIC | ICIR | t | NW t |",
+        "| horizon | RankIC | RankIC IR | t | NW t |",
         "|---|---|---|---|---|",
     ]
     for h in horizons:
         hm = m.get(f"{h}d", {})
         lines.append(
-            f"| {h}d | {_f(hm.get('rankic'), '.4f')} | {_f(hm.get('icir'), '.2f')} | "
+            f"| {h}d | {_f(hm.get('rankic'), '.4f')} | {_f(hm.get('rankicir'), '.2f')} | "
             f"{_f(hm.get('rankic_tstat'), '.1f')} | {_f(hm.get('rankic_nw_tstat'), '.1f')} |"
         )
     lines += [
