@@ -369,7 +369,7 @@ def unit_values(record: UnitRecord, horizons: list[int]) -> dict[str, float]:
     out: dict[str, float] = {}
     for h in horizons:
         m = record.metrics.get(f"{h}d", {})
-        for key in ("rankic", "rankicir", "rankic_tstat", "rankic_nw_tstat", "capture"):
+        for key in ("rankic", "rankicir", "icir", "rankic_tstat", "rankic_nw_tstat", "capture"):
             out[f"{key}_{h}d"] = _num(m.get(key))
     for h in horizons:
         out[f"valid_rankic_{h}d"] = _num(record.valid.get(f"{h}d", {}).get("rankic"))
