@@ -78,7 +78,7 @@ def test_cpu_preset_is_the_default():
     assert cfg.train.trainer.precision == "32"
     assert cfg.train.trainer.accelerator == "auto"  # a GPU is used when present
     # Values equal to the schema default are not provenance, even when the preset restates them.
-    regularized = ["model.dropout", "model.vsn.enabled", "train.early_stopping.patience", "train.max_epochs",
+    regularized = ["model.dropout", "model.vsn.enabled", "model.shortcut_to", "train.early_stopping.patience", "train.max_epochs",
                    "train.optimizer.lr", "train.optimizer.weight_decay", "train.scheduler.warmup_epochs"]  # fmt: skip
     assert resolved.sources == dict.fromkeys(regularized, "preset:cpu")
 
