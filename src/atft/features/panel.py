@@ -170,6 +170,7 @@ class DayPanel:
         features = select_features(manifest, features)  # the one gate: refuses labels and oracle columns
         labels = list(labels if labels is not None else manifest["labels"]["target"])
         _check_names(features, folder.columns("features"), folder.path("features"), "features")
+        _check_labels(folder, labels)  # before the features are read: a wrong name fails at once
 
         stocks = folder.stock_table().select("code", "stock_id", "sector_id")
         codes = stocks["code"].to_list()
@@ -196,6 +197,7 @@ class DayPanel:
         """The same panel with other labels read from its dataset (``target_5d_rank`` ...): the features are
         shared, not copied. A run trains on such a panel when ``data.target`` is not the raw return."""
         folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
+        _check_labels(folder, list(labels))
         y, label_end = _read_labels(folder, list(labels), list(self.codes), self.dates)
         panel = DayPanel(
             self.x,
@@ -259,12 +261,18 @@ class DayPanel:
         return torch.index_select(self.window_view(day, lookback), 0, index, out=out)
 
 
+def _check_labels(folder: DatasetFolder, labels: list[str]) -> None:
+    """Every label and its ``label_end_<h>d`` column exist in labels.parquet, or a ValueError naming the file."""
+    label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
+    _check_names(labels + label_ends, folder.columns("labels"), folder.path("labels"), "labels")
+
+
 def _read_labels(
     folder: DatasetFolder, labels: list[str], codes: list[str], dates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The labels ``[S, D, H]`` (NaN where null) and the calendar index of each one's last close (-1 where null)."""
+    """The labels ``[S, D, H]`` (NaN where null) and the calendar index of each one's last close (-1 where null);
+    the names were checked by :func:`_check_labels`."""
     label_ends = [f"label_end_{label_horizon(name)}d" for name in labels]
-    _check_names(labels + label_ends, folder.columns("labels"), folder.path("labels"), "labels")
     n_stocks, n_days = len(codes), len(dates)
     y = np.full((n_stocks, n_days, len(labels)), np.nan, dtype=np.float32)
     flat = _row_index(folder, "labels", codes, dates)
