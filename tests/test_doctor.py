@@ -453,6 +453,21 @@ def test_plateau_reports_epoch_and_change(tmp_path):
     assert "train.scheduler.name=plateau" in d.main.command
 
 
+def test_overfitting_advice_stops_at_the_best_epoch_when_it_came_early(tmp_path):
+    def overfit_early(parts):
+        overfit(parts)
+        parts["summary"]["best_epoch"] = 4
+
+    d = diagnose(make_run(tmp_path / "early", overfit_early))
+    assert d.status == "overfitting"
+    assert "train.max_epochs=5" in d.main.command and "model.dropout" not in d.main.command
+    assert "epoch 5 of 8" in d.main.recommendation
+    late = diagnose(make_run(tmp_path / "late", overfit))  # the best checkpoint is the last one
+    assert (
+        "model.dropout=0.3" in late.main.command and "train.optimizer.weight_decay=0.05" in late.main.command
+    )
+
+
 def test_dead_features_are_named(tmp_path):
     d = diagnose(make_run(tmp_path, dead))
     f = d.main

@@ -125,6 +125,19 @@ def test_the_shipped_plan_resolves():
     assert all(v.after == "baseline" for v in plan.variants[1:])
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "experiments").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_plan_resolves(path):
+    """Each plan the benchmarks run loads and gives every variant a valid config (a typo fails here, not
+    an hour into a benchmark)."""
+    plan = ex.load_plan(path)
+    configs = ex.resolve_configs(plan)
+    assert list(configs) == [v.name for v in plan.variants]
+
+
 def test_rules():
     rule = ex.parse_rule(" val/rankic_5d >= -2.5e-2 ")
     assert (rule.metric, rule.op, rule.threshold) == ("val/rankic_5d", ">=", -0.025)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from atft.features.panel import DayPanel
-from atft.training.datamodule import DayDataModule, DayDataset, collate_days
+from atft.training.datamodule import DayDataModule, DayDataset, collate_days, recency_weights
 
 FEATURES = ["f_a", "f_b", "f_c"]
 LABELS = ["target_1d", "target_5d"]
@@ -410,6 +410,39 @@ def test_datamodule_loaders_iterate_in_the_right_order(dataset):
         days = loader_days(loader)
         assert days == sorted(days) and len(days) > 0  # chronological
     assert max(train_days) < min(loader_days(valid)) and max(loader_days(valid)) < min(loader_days(test))
+
+
+def test_recency_weights_halve_every_halflife_and_average_one():
+    days = np.array([3, 10, 11, 13, 30])  # calendar indices; a gap (an embargo) counts as age
+    w = recency_weights(days, halflife_days=10)
+    raw = np.array([0.5 ** ((30 - d) / 10) for d in days])  # slow: one day at a time
+    np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+    assert w.dtype == np.float32 and w.mean() == pytest.approx(1.0)
+    assert w[-1] / w[1] == pytest.approx(4.0)  # 20 days older: two half-lives
+    np.testing.assert_array_equal(recency_weights(days, 0), np.ones(5, np.float32))  # 0: off
+    with pytest.raises(ValueError, match="recency_halflife_days"):
+        recency_weights(days, -1)
+
+
+def test_datamodule_weights_training_days_by_recency_only(dataset):
+    module = DayDataModule(
+        dataset[0], lookback=L, days_per_batch=3, min_stocks=2, train=(None, "2021-02-05"),
+        valid=("2021-02-08", "2021-02-19"), recency_halflife=5,
+    )  # fmt: skip
+    module.setup()
+    train = module.datasets["train"]
+    expected = dict(zip(train.day_index.tolist(), recency_weights(train.day_index, 5).tolist(), strict=True))
+    seen = 0
+    for batch in module.train_dataloader():
+        assert batch["day_weight"].shape == (len(batch["dates"]),)
+        for day, weight in zip(batch["day_index"].tolist(), batch["day_weight"].tolist(), strict=True):
+            assert weight == pytest.approx(expected[day])
+            seen += 1
+    assert seen == len(train)
+    assert all("day_weight" not in batch for batch in module.val_dataloader())  # never on evaluation days
+    plain = make_module(module.panel)
+    plain.setup()
+    assert all("day_weight" not in batch for batch in plain.train_dataloader())  # off by default
 
 
 def test_datamodule_cutoffs_and_summary(dataset):

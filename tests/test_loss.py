@@ -189,17 +189,18 @@ RULES = {
 }
 
 
-def ref_day_average(name, days, horizon_weights, **kw):
-    """Mean over the days that define the term, then the horizon-weighted sum."""
+def ref_day_average(name, days, horizon_weights, day_weights=None, **kw):
+    """Mean over the days that define the term (each times its day weight), then the horizon-weighted sum."""
     fn, min_n, need_spread = RULES[name]
+    day_weights = np.ones(len(days)) if day_weights is None else day_weights
     per_h = []
     for h in range(days[0].y.shape[1]):
         values = []
-        for d in days:
+        for d, weight in zip(days, day_weights, strict=True):
             v = d.m[:, h]
             if v.sum() < min_n or (need_spread and np.ptp(d.y[v, h]) == 0):
                 continue
-            values.append(fn(d.p[v, h], d.y[v, h], d.q[v, h], **kw))
+            values.append(weight * fn(d.p[v, h], d.y[v, h], d.q[v, h], **kw))
         per_h.append(np.mean(values) if values else 0.0)
     hw = np.asarray(horizon_weights, float)
     return float(np.dot(hw / hw.sum(), per_h))
@@ -256,6 +257,19 @@ def test_term_matches_reference(name):
     module, _, terms = run(make_cfg(hw, **{name: 1.0}), days)
     assert list(terms) == [name]
     assert module.last_raw[name] == pytest.approx(ref_day_average(name, days, hw), rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["huber", "coverage", "rankic"])
+def test_day_weights_weigh_each_days_term(name):
+    days, hw = random_days(), (1.0, 3.0)
+    weights = np.array([0.4, 1.7, 0.9])
+    module = MultiHorizonLoss([1, 5], QUANTILES, make_cfg(hw, **{name: 1.0}))
+    out, batch = make_batch(days)
+    batch["day_weight"] = torch.tensor(weights, dtype=torch.float32)
+    module(out, batch)
+    expected = ref_day_average(name, days, hw, day_weights=weights)
+    assert module.last_raw[name] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert expected != pytest.approx(ref_day_average(name, days, hw), rel=1e-3)  # the weights matter
 
 
 @pytest.mark.parametrize("topk", [0, 3])

@@ -1,5 +1,6 @@
 """What a run loads: ``data.target`` (the training segment learns from the chosen label; validation and test stay on
-the raw return) and ``features.drop_groups`` (the models read the manifest's features minus those groups)."""
+the raw return), ``features.drop_groups`` (the models read the manifest's features minus those groups) and
+``train.recency_halflife_days`` (training days weighted by age)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from test_training import tiny_cfg
 
 from atft.features.dataset import DatasetError, DatasetFolder
 from atft.features.labels import training_labels
+from atft.training.datamodule import recency_weights
 from atft.workflow.baselines import segment_rows
 from atft.workflow.run_data import load_run_data
 
@@ -45,6 +47,24 @@ def test_training_segment_serves_the_chosen_label_and_the_others_the_raw_return(
     y = train.panel.y[stocks, train.day_index[0]]
     np.testing.assert_array_equal(day["y"].numpy()[day["y_mask"].numpy()], y[day["y_mask"].numpy()])
     assert valid.panel is run.panel
+
+
+def test_recency_halflife_weights_the_training_days_only(tiny_dataset):
+    said = []
+    run = load_run_data(
+        tiny_cfg("train.recency_halflife_days=20"), DatasetFolder(tiny_dataset), say=said.append
+    )
+    train = run.data.datasets["train"]
+    np.testing.assert_array_equal(train.day_weight, recency_weights(train.day_index, 20))
+    assert train.day_weight[-1] > train.day_weight[0]
+    assert run.data.datasets["valid"].day_weight is None
+    assert any("half-life 20 trading days" in line for line in said)
+    assert (
+        load_run_data(tiny_cfg(), DatasetFolder(tiny_dataset), say=said.append)
+        .data.datasets["train"]
+        .day_weight
+        is None
+    )
 
 
 def test_raw_target_trains_on_the_panel_itself(tiny_dataset):

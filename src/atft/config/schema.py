@@ -306,6 +306,10 @@ class TrainConfig:
     # Exponential moving average of the weights, per optimizer step; validation, checkpoints and forecasts
     # use the average. 0 switches it off.
     ema_decay: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
+    # Recency weighting: each training day's loss is weighted by 2^(-age / halflife), age in trading days
+    # before the last training day, scaled to a mean of 1 (atft.training.datamodule.recency_weights). For a
+    # market whose relations drift; 0 switches it off.
+    recency_halflife_days: float = field(default=0.0, metadata={"ge": 0.0})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,23 @@ def _day(value: DateLike) -> np.datetime64:
     return np.datetime64(value, "D")
 
 
+def recency_weights(day_index: np.ndarray, halflife_days: float) -> np.ndarray:
+    """float32 [n]: the loss weight of each training day, halving every ``halflife_days`` trading days of age.
+
+    Age counts calendar (trading-day) indices back from the last training day, so the last day weighs most;
+    the weights are scaled to a mean of 1 over the days given, so the loss keeps its scale and only the
+    balance between old and recent days changes. ``halflife_days`` 0 gives every day weight 1.
+    """
+    day_index = np.asarray(day_index, dtype=np.int64)
+    if halflife_days < 0:
+        raise ValueError(f"train.recency_halflife_days must be >= 0, got {halflife_days}")
+    if halflife_days == 0 or len(day_index) == 0:
+        return np.ones(len(day_index), dtype=np.float32)
+    age = day_index.max() - day_index  # [n] >= 0
+    weight = np.exp2(-age / halflife_days)
+    return (weight / weight.mean()).astype(np.float32)
+
+
 class DayDataset(Dataset):
     """The days of a panel within ``[start, end]`` (inclusive; None = open) that have enough eligible stocks.
 
@@ -45,6 +62,8 @@ class DayDataset(Dataset):
     segment are forecast too.
 
     ``exclude`` lists dates to leave out (the embargo blocks of a walk-forward fold).
+    ``day_weight`` (float [n_kept], set after construction, e.g. :func:`recency_weights`) adds each day's loss
+    weight to its sample as ``day_weight``; None (the default, and every evaluation split) adds nothing.
     ``graph(day, stocks)`` (e.g. ``atft.models.graph.DayGraphBuilder``), when given, adds the day's stock graph
     to each sample: ``edge_index`` [2, E] in the day's own row numbers and ``edge_attr`` [E, A].
     ``label_cutoff`` (a calendar index or a date) masks out every label whose window ends after it, even
@@ -104,6 +123,7 @@ class DayDataset(Dataset):
             [[0], np.cumsum(counts[keep])]
         )  # [n_kept + 1]  stock_idx[ptr[i]:ptr[i+1]]
         self.label_mask = np.ascontiguousarray(mask[:, keep].transpose(1, 0, 2))  # [n_kept, S, H]
+        self.day_weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.day_index)
@@ -146,6 +166,8 @@ class DayDataset(Dataset):
         }
         if self.graph is not None:
             item["edge_index"], item["edge_attr"] = self.graph(day, stocks)
+        if self.day_weight is not None:
+            item["day_weight"] = float(self.day_weight[i])
         return item
 
     def label_std(self) -> np.ndarray:
@@ -180,6 +202,8 @@ def collate_days(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch["day_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
     batch["dates"] = [item["date"] for item in items]
     batch["day_index"] = torch.tensor([item["day_index"] for item in items], dtype=torch.long)
+    if "day_weight" in items[0]:
+        batch["day_weight"] = torch.tensor([item["day_weight"] for item in items], dtype=torch.float32)
     if "edge_index" in items[0]:
         # each day's graph numbers its own rows from 0: shift them to the day's rows in the batch
         offsets = batch["day_ptr"][:-1]
@@ -250,6 +274,8 @@ class DayDataModule(L.LightningDataModule):
     labels whose window ends after its own last day (``label_cutoff``), so no label reaches past its segment.
     ``train_panel`` (the same panel with other labels, :meth:`DayPanel.with_labels`) gives the training split
     the labels a run learns from (``data.target``); validation and test always serve the panel's own.
+    ``recency_halflife`` (trading days, ``train.recency_halflife_days``; 0 = off) weights each training day's
+    loss by :func:`recency_weights`; evaluation days are never weighted.
     """
 
     def __init__(
@@ -269,8 +295,10 @@ class DayDataModule(L.LightningDataModule):
         train_exclude: np.ndarray | None = None,
         graph: DayGraph | None = None,
         train_panel: DayPanel | None = None,
+        recency_halflife: float = 0.0,
     ) -> None:
         super().__init__()
+        self.recency_halflife = float(recency_halflife)
         self.graph = graph
         self.train_panel = train_panel
         self.train_exclude = train_exclude
@@ -311,6 +339,9 @@ class DayDataModule(L.LightningDataModule):
                     graph=self.graph,
                     require_labels=split == "train",
                 )
+                if split == "train" and self.recency_halflife > 0:
+                    dataset = self.datasets[split]
+                    dataset.day_weight = recency_weights(dataset.day_index, self.recency_halflife)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

@@ -9,7 +9,9 @@ and every term reduces over the last axis.
 Each term gives one value per (day, horizon) and a flag saying whether that day has enough valid labels to
 define it; the term of a horizon is the mean over its flagged days (each day counts once, whatever its
 number of stocks), and the horizons are combined with the normalised ``loss.horizon_weights``. Masked
-labels (``y_mask`` False) never enter a term. The exact definitions are in ``docs/loss.md``.
+labels (``y_mask`` False) never enter a term. A training batch may carry ``day_weight`` [D] (recency weighting,
+``train.recency_halflife_days``): each day's value is then weighted in that mean (the Sharpe term, a statistic
+over the batch's days, is not). The exact definitions are in ``docs/loss.md``.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class _Batch:
         # a day whose labels are all equal has no cross-section to rank or scale against
         self.y_spread = (self.n >= 2) & (y_hi > y_lo)  # [D, H]
         self.E = lay.exists.unsqueeze(1).expand_as(self.V)  # [D, H, M] rows that exist (labelled or not)
+        self.day_weight = batch.get("day_weight")  # [D] or None: the recency weight of each day
         self._quantiles = out.get("quantiles")
 
     @functools.cached_property
@@ -235,11 +238,15 @@ class MultiHorizonLoss(nn.Module):
         self.last_raw = dict(zip(raw, values, strict=True))
         return total, terms
 
-    def _reduce(self, value: Tensor, ok: Tensor) -> Tensor:
+    def _reduce(self, b: _Batch, value: Tensor, ok: Tensor) -> Tensor:
         """Per-(day, horizon) values [D, H] -> scalar: mean over the ok days, then horizon-weighted.
 
+        With day weights (``train.recency_halflife_days``) each day's value is multiplied by its weight
+        before the mean; the weights average 1 over the training days, so the loss keeps its scale.
         A horizon with no ok day contributes 0; ``where`` keeps the result attached to the graph.
         """
+        if b.day_weight is not None:
+            value = value * b.day_weight.to(value.dtype).unsqueeze(1)  # [D, H] * [D, 1]
         per_h = torch.where(ok, value, 0.0).sum(0) / ok.sum(0).clamp_min(1)  # [H]
         return (self.hw * per_h).sum()
 
@@ -247,19 +254,19 @@ class MultiHorizonLoss(nn.Module):
 
     def _huber(self, b: _Batch, batch: dict) -> Tensor:
         loss = F.huber_loss(b.P, b.Y, reduction="none", delta=self.huber_delta)  # [D, H, M]
-        return self._reduce(_mean(loss, b.W), b.n >= 1)
+        return self._reduce(b, _mean(loss, b.W), b.n >= 1)
 
     def _pinball(self, b: _Batch, batch: dict) -> Tensor:
         err = b.Y.unsqueeze(-1) - b.Q  # [D, H, M, Q]
         loss = torch.maximum(self.q * err, (self.q - 1) * err).mean(-1)  # [D, H, M]
-        return self._reduce(_mean(loss, b.W), b.n >= 1)
+        return self._reduce(b, _mean(loss, b.W), b.n >= 1)
 
     def _coverage(self, b: _Batch, batch: dict) -> Tensor:
         lo, hi = b.Q[..., 0], b.Q[..., -1]  # [D, H, M]
         t = (COVERAGE_SOFTNESS * _std(b.Y, b.W)).unsqueeze(-1)  # [D, H, 1]
         inside = torch.sigmoid((b.Y - lo) / t) * torch.sigmoid((hi - b.Y) / t)  # soft 1[lo <= y <= hi]
         penalty = (_mean(inside, b.W) - self.nominal_coverage).square()  # [D, H]
-        return self._reduce(penalty, b.y_spread)
+        return self._reduce(b, penalty, b.y_spread)
 
     # --- cross-sectional ranking terms ------------------------------------------------------------
 
@@ -270,10 +277,10 @@ class MultiHorizonLoss(nn.Module):
         rank_p = soft_rank(b.P.reshape(D * H, M), b.W.reshape(D * H, M), tau.reshape(-1)).view(D, H, M)
         rank_y = _average_ranks(b.Y, b.V)
         rho = _pearson(rank_p, rank_y, b.W)  # Spearman: Pearson of the ranks
-        return self._reduce(1 - rho, (b.n >= 3) & b.y_spread)
+        return self._reduce(b, 1 - rho, (b.n >= 3) & b.y_spread)
 
     def _cs_ic(self, b: _Batch, batch: dict) -> Tensor:
-        return self._reduce(1 - _pearson(b.P, b.Y, b.W), (b.n >= 3) & b.y_spread)
+        return self._reduce(b, 1 - _pearson(b.P, b.Y, b.W), (b.n >= 3) & b.y_spread)
 
     def _listnet(self, b: _Batch, batch: dict) -> Tensor:
         target_set = b.V
@@ -286,7 +293,7 @@ class MultiHorizonLoss(nn.Module):
         target = torch.softmax(torch.where(target_set, _zscore(b.Y, b.W) / self.listnet_tau, _NEG), -1)
         log_p = torch.log_softmax(torch.where(b.V, _zscore(b.P, b.W) / self.listnet_tau, _NEG), -1)
         ce = -torch.where(target_set, target * log_p, 0.0).sum(-1)  # [D, H]
-        return self._reduce(ce, b.y_spread)
+        return self._reduce(b, ce, b.y_spread)
 
     def _ranknet(self, b: _Batch, batch: dict) -> Tensor:
         D, H, M = b.P.shape
@@ -303,7 +310,7 @@ class MultiHorizonLoss(nn.Module):
         keep = (sign != 0) & (n >= 2)[:, None]  # equal labels (and i == j) carry no order
         pair = F.softplus(-(z.gather(-1, i) - z.gather(-1, j)) * sign)  # log(1 + exp(-s * dz))
         value = _mean(pair, keep.float()).view(D, H)
-        return self._reduce(value, keep.any(-1).view(D, H))
+        return self._reduce(b, value, keep.any(-1).view(D, H))
 
     # --- portfolio and scale terms ----------------------------------------------------------------
 
@@ -324,7 +331,7 @@ class MultiHorizonLoss(nn.Module):
 
     def _variance_floor(self, b: _Batch, batch: dict) -> Tensor:
         ratio = _std(b.P, b.W) / _std(b.Y, b.W)  # [D, H]
-        return self._reduce(F.relu(self.scale_floor - ratio).square(), b.y_spread)
+        return self._reduce(b, F.relu(self.scale_floor - ratio).square(), b.y_spread)
 
     def _exposure(self, b: _Batch, batch: dict) -> Tensor:
         lay, D, H, M = b.layout, *b.P.shape
@@ -349,7 +356,7 @@ class MultiHorizonLoss(nn.Module):
             ok_beta = (has.sum(-1) >= 3) & spread
             value = value + torch.where(ok_beta, _pearson(b.P, beta, has.float()).square(), 0.0)
             ok = ok | ok_beta
-        return self._reduce(value, ok)
+        return self._reduce(b, value, ok)
 
     def _turnover(self, b: _Batch, batch: dict) -> Tensor:
         lay = b.layout
@@ -373,7 +380,7 @@ class MultiHorizonLoss(nn.Module):
 
         moved = lay.pad((w_rows - prev).abs() * has_prev).sum(1)  # [D, H]: sum |w_d - w_{d-1}| per day
         matched = lay.pad(has_prev).sum(1)  # [D, 1] stocks with a previous weight
-        loss = self._reduce(moved, matched >= 1)
+        loss = self._reduce(b, moved, matched >= 1)
 
         if self.training:
             self._remember(stock, cal, w_rows.detach())

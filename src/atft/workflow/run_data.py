@@ -94,7 +94,10 @@ def load_run_data(
         num_workers=cfg.train.num_workers,
         graph=day_graph(panel, cfg, dataset),
         train_panel=train_panel,
+        recency_halflife=cfg.train.recency_halflife_days,
     )
+    if cfg.train.recency_halflife_days > 0:
+        say(f"weighting training days by recency: half-life {cfg.train.recency_halflife_days:g} trading days")
     if not with_test:
         data.ranges["test"] = None
     data.setup()
