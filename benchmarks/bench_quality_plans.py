@@ -6,7 +6,8 @@ Runs ``configs/experiments/quality_synth.yaml`` (learning rate, weight averaging
 context, graph), ``quality_synth_groups.yaml`` (drop-one feature groups) and ``quality_synth_schedule.yaml``
 (epochs, dropout, weight decay, lookback), each against the demo's setting
 of its time, and on the JP sample ``quality_jp_targets.yaml`` (the training label, 3 seeds) and
-``quality_jp_recency.yaml`` (recency weighting, 3 seeds); copies
+``quality_jp_recency.yaml`` (recency weighting, 3 seeds) and ``quality_jp_history.yaml`` (a longer history
+without the 200-day features, 3 seeds); copies
 each plan's report (compare.md, experiment.json) to ``results/<plan>/``. Resumable like `atft experiment`:
 finished variants are reused. The winner is read on validation; docs/quality.md has the table.
 Usage: ``.venv/bin/python benchmarks/bench_quality_plans.py [--work DIR]`` (about 10 minutes a variant on
@@ -33,7 +34,7 @@ SYNTH_PLANS = (
     "quality_synth_groups",
     "quality_synth_schedule",
 )
-JP_PLANS = ("quality_jp_targets", "quality_jp_recency")
+JP_PLANS = ("quality_jp_targets", "quality_jp_recency", "quality_jp_history")
 
 
 def dataset(work: Path, name: str) -> Path:

@@ -45,7 +45,7 @@ def rolling(data: Path, out: Path, train_days: int, valid_days: int, span: tuple
         "span": list(span),
         "rankic_5d": five["rankic"],
         "rankic_5d_nw_t": five["rankic_nw_tstat"],
-        "rankic": {h: m["rankic"] for h, m in summary["metrics"].items()},
+        "rankic": {h: m["rankic"] for h, m in summary["metrics"].items() if "rankic" in m},
         "book_sharpe": summary["book"]["sharpe"],
     }
 

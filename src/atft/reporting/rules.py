@@ -669,7 +669,9 @@ def _advise_regime_change(f: Facts, th: Thresholds) -> Advice:
         f"its {r.later} numbers. What helps against a regime change is recency: a training window that "
         "ends close to the forecast day, refit often, each refit starting from the last weights. The "
         "rolling retrain does that with a purge before every block and reports one continuous series "
-        "(docs/rolling.md):"
+        "(docs/rolling.md). Within one training segment, weighting recent days more "
+        "(train.recency_halflife_days) is the same idea; measure either on a validation period, never on "
+        "the segment that showed the change (docs/quality.md):"
     )
     data = shlex.quote(str(f.data_path)) if f.data_path else "DATASET"
     command = (
