@@ -7,8 +7,9 @@ a warm-started block trains one epoch, so there it only delays the training data
 over the Quality issue's validation year (2024-06-03..2025-04-30: no test-year day enters any block), the
 one with the best 5-day RankIC of the continuous series is chosen, and only that one is run over the test
 year (2025-06-02..2026-05-29). ``results/rolling_window.json`` holds every candidate's validation-year
-figures and the chosen one's test-year figures; the chosen run's rolling.md/json go to
-``results/compare_rolling_window/``. Resumable: a finished rolling run (its rolling.json) is reused.
+figures and the chosen one's test-year figures (its rolling.md stays in --work; when the chosen setting is
+``bench_compare.py``'s, it reproduces ``results/compare_rolling/``). Resumable: a finished rolling run (its
+rolling.json) is reused.
 Usage: ``.venv/bin/python benchmarks/bench_rolling_window.py [--work DIR]`` (10-15 minutes a candidate on
 one core; the JP dataset is built under --work when it is not there).
 """
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from bench_quality_plans import dataset
-from harness import RESULTS, run_cli, save_result
+from harness import run_cli, save_result
 
 VALID_YEAR = ("2024-06-03", "2025-04-30")
 TEST_YEAR = ("2025-06-02", "2026-05-29")
@@ -45,7 +45,7 @@ def rolling(data: Path, out: Path, train_days: int, valid_days: int, span: tuple
         "span": list(span),
         "rankic_5d": five["rankic"],
         "rankic_5d_nw_t": five["rankic_nw_tstat"],
-        "rankic": {h: m["rankic"] for h, m in summary["metrics"].items() if "rankic" in m},
+        "rankic": {h: m["rankic"] for h, m in summary["metrics"].items() if h[:-1].isdigit()},
         "book_sharpe": summary["book"]["sharpe"],
     }
 
@@ -60,10 +60,6 @@ def main() -> None:
     best = max(valid, key=lambda r: r["rankic_5d"])
     chosen = work / f"test_{best['train_days']}_{best['valid_days']}"
     test = rolling(data, chosen, best["train_days"], best["valid_days"], TEST_YEAR)
-    target = RESULTS / "compare_rolling_window"
-    target.mkdir(parents=True, exist_ok=True)
-    for file in ("rolling.md", "rolling.json"):
-        shutil.copy(chosen / file, target / file)
     save_result("rolling_window", {"validation_year": valid, "chosen": best, "test_year": test})
 
 
