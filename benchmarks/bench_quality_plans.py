@@ -4,7 +4,7 @@ Runs ``configs/experiments/quality_synth.yaml`` (learning rate, weight averaging
 ``quality_synth_arch.yaml`` (variable selection, the IC loss, horizon weights, FAN, the graph) and
 ``quality_synth_seeds.yaml`` (the winner on two more seeds), ``quality_synth_targets.yaml`` (labels, capacity,
 context, graph), ``quality_synth_groups.yaml`` (drop-one feature groups) and ``quality_synth_schedule.yaml``
-(epochs, dropout, weight decay, lookback), ``quality_synth_history.yaml`` (no 200-day features, 3 seeds), each
+(epochs, dropout, weight decay, lookback), ``quality_synth_history.yaml`` (no 200-day features) and ``quality_synth_loss.yaml`` (ListNet and Sharpe terms), each
 against the demo's setting
 of its time, and on the JP sample ``quality_jp_targets.yaml`` (the training label, 3 seeds) and
 ``quality_jp_recency.yaml`` (recency weighting, 3 seeds) and ``quality_jp_history.yaml`` (a longer history
@@ -35,6 +35,7 @@ SYNTH_PLANS = (
     "quality_synth_groups",
     "quality_synth_schedule",
     "quality_synth_history",
+    "quality_synth_loss",
 )
 JP_PLANS = ("quality_jp_targets", "quality_jp_recency", "quality_jp_history")
 
