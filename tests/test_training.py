@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from atft.cli.app import app
 from atft.config import load_config
+from atft.evaluation.evaluate import evaluate_predictions
 from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard
 from atft.training.loss import MultiHorizonLoss
 from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
@@ -315,6 +316,34 @@ def test_two_ddp_processes_train_on_different_days(tiny_dataset, tmp_path):
     assert len(first | second) == start["data"]["train"]["days"]  # together they saw every training day
     assert json.loads((run_dir / "summary.json").read_text())["hardware"]["strategy"] == "ddp"
     assert pl.read_csv(run_dir / "metrics.csv").height == 1
+
+
+@pytest.mark.slow
+def test_torchrun_launch_trains_one_run_whose_validation_covers_every_rank(tiny_dataset, tmp_path):
+    """The multi-GPU / multi-node launch of docs/training.md, with 2 CPU processes: torchrun starts the
+    processes, Lightning joins them; one run folder, distinct training days per rank, and the validation
+    metrics of every process are those of all validation days (gathered), checked against the forecasts."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "atft.cli.app", "train", "--data-path", str(tiny_dataset), "--max-epochs", "1",
+         "--run-name", "torchrun", *TINY, "train.runs_dir=runs", "train.scheduler.name=constant",
+         "train.trainer.accelerator=cpu", "train.trainer.devices=2", "train.trainer.strategy=ddp"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["torchrun"]
+    run_dir = tmp_path / "runs" / "torchrun"
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    seen = next(e for e in events if e["event"] == "days_seen")["by_rank"]
+    assert len(set(seen["0"]) & set(seen["1"])) <= 1 and len(seen["0"]) > 20
+    # one epoch: the forecasts come from the weights that were validated, on every validation day
+    valid = pl.read_parquet(run_dir / "predictions" / "valid.parquet")
+    start = next(e for e in events if e["event"] == "start")
+    assert valid["date"].n_unique() == start["data"]["valid"]["days"]
+    logged = pl.read_csv(run_dir / "metrics.csv").row(0, named=True)
+    recomputed = evaluate_predictions(valid).metrics
+    for h in (1, 5, 10, 20):
+        assert logged[f"val_rankic_{h}d"] == pytest.approx(recomputed[f"{h}d"]["rankic"], abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
