@@ -24,9 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import RESULTS, run_cli
+from harness import RESULTS, dataset, run_cli
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
 # APEX-Ranker runs one seed: a CPU step costs ~13x ATFT-GAT-FAN's (docs/apex.md); atft_ens is the ensemble of the
 # atft seeds (no training of its own)
 MODELS = "atft,atft_ens,apex:1,lgbm,ridge,ridge_graph,momentum,reversal"
@@ -69,26 +68,18 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="atft_compare_"))
     jobs = [args.only] if args.only else ["jp", "synth", "rolling"]
-    if {"jp", "jp_no200d", "rolling"} & set(jobs):
-        if not (work / "jp").is_dir():
-            run_cli("data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index",
-                    str(SAMPLE / "index_n225.parquet"), "--listed-info", str(SAMPLE / "listed_info.csv"),
-                    "--out", str(work / "jp_raw"))  # fmt: skip
-            run_cli("data", "build", "--raw", str(work / "jp_raw"), "--out", str(work / "jp"))
     for job in jobs:
         out = work / f"{job}_out"
+        data = dataset(work, "synth" if job == "synth" else "jp")
         if job == "synth":
-            if not (work / "synth").is_dir():
-                run_cli("data", "synth", "--out", str(work / "synth_raw"))
-                run_cli("data", "build", "--raw", str(work / "synth_raw"), "--out", str(work / "synth"))
-            timing = run_cli("compare", "--data-path", str(work / "synth"), "--models", args.models or f"{MODELS},oracle",
+            timing = run_cli("compare", "--data-path", str(data), "--models", args.models or f"{MODELS},oracle",
                              "--seeds", str(args.seeds), "--out", str(out), "train.max_epochs=3")  # fmt: skip
         elif job in ("jp", "jp_no200d"):
             extra = [NO_200D] if job == "jp_no200d" else []
-            timing = run_cli("compare", "--data-path", str(work / "jp"), "--models", args.models or MODELS, "--seeds",
+            timing = run_cli("compare", "--data-path", str(data), "--models", args.models or MODELS, "--seeds",
                              str(args.seeds), "--out", str(out), *JP_SEGMENTS, *extra)  # fmt: skip
         else:
-            timing = run_cli("rolling", "--data-path", str(work / "jp"), "--model", "atft", "--every", "21",
+            timing = run_cli("rolling", "--data-path", str(data), "--model", "atft", "--every", "21",
                              "--train-days", "756", "--start", "2025-06-02", "--end", "2026-05-29", "--warm-start",
                              "--warm-epochs", "1", "--out", str(out), "eval.cost_bps=10", "train.max_epochs=3")  # fmt: skip
         keep(out, f"compare_{job}")

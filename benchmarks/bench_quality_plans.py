@@ -23,10 +23,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import RESULTS, run_cli
+from harness import RESULTS, dataset, run_cli
 
 PLANS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
 SYNTH_PLANS = (
     "quality_synth",
     "quality_synth_arch",
@@ -38,19 +37,6 @@ SYNTH_PLANS = (
     "quality_synth_loss",
 )
 JP_PLANS = ("quality_jp_targets", "quality_jp_recency", "quality_jp_history")
-
-
-def dataset(work: Path, name: str) -> Path:
-    """The demo market or the JP sample, built under ``work`` once."""
-    if not (work / name).is_dir():
-        if name == "synth":
-            run_cli("data", "synth", "--out", str(work / "synth_raw"))
-        else:
-            run_cli("data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index",
-                    str(SAMPLE / "index_n225.parquet"), "--listed-info", str(SAMPLE / "listed_info.csv"),
-                    "--out", str(work / "jp_raw"))  # fmt: skip
-        run_cli("data", "build", "--raw", str(work / f"{name}_raw"), "--out", str(work / name))
-    return work / name
 
 
 def main() -> None:

@@ -21,8 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench_quality_plans import dataset
-from harness import run_cli, save_result
+from harness import dataset, run_cli, save_result
 
 VALID_YEAR = ("2024-06-03", "2025-04-30")
 TEST_YEAR = ("2025-06-02", "2026-05-29")

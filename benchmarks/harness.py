@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: time an ``atft`` command in a child process, and save a result.
+"""Shared pieces of the benchmarks: time an ``atft`` command in a child process, build the synthetic demo market
+or the JP sample once, and save a result.
 
 A child process makes the peak RSS the whole job's (imports included) and nothing else's.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+# the real JP sample (../shared/data, read-only; see its README)
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jp_large_caps"
 
 
 def run_cli(*args: str) -> dict[str, float]:
@@ -29,6 +32,19 @@ def run_cli(*args: str) -> dict[str, float]:
     # ru_maxrss is in KiB on Linux, and the largest over the children run so far.
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2)}
+
+
+def dataset(work: Path, name: str) -> Path:
+    """The demo market or the JP sample, built under ``work`` once."""
+    if not (work / name).is_dir():
+        if name == "synth":
+            run_cli("data", "synth", "--out", str(work / "synth_raw"))
+        else:
+            run_cli("data", "import", "--prices", str(SAMPLE / "prices.parquet"), "--index",
+                    str(SAMPLE / "index_n225.parquet"), "--listed-info", str(SAMPLE / "listed_info.csv"),
+                    "--out", str(work / "jp_raw"))  # fmt: skip
+        run_cli("data", "build", "--raw", str(work / f"{name}_raw"), "--out", str(work / name))
+    return work / name
 
 
 def save_result(name: str, result: Any) -> None:

@@ -47,11 +47,16 @@ def tiny_cfg(*overrides: str, epochs: int = 2):
     return load_config(None, [*TINY, f"train.max_epochs={epochs}", *overrides], env={}).cfg
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``atft ...`` in a fresh process (as a user runs it; DDP and a real kill need their own processes)."""
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``atft ...`` in a fresh process (as a user runs it; DDP and a real kill need their own processes).
+
+    ``launcher``: Python arguments before ``-m atft.cli.app``, e.g. ``("-m", "torch.distributed.run", ...)``.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "atft.cli.app", *args],
+        [sys.executable, *launcher, "-m", "atft.cli.app", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -323,12 +328,13 @@ def test_torchrun_launch_trains_one_run_whose_validation_covers_every_rank(tiny_
     """The multi-GPU / multi-node launch of docs/training.md, with 2 CPU processes: torchrun starts the
     processes, Lightning joins them; one run folder, distinct training days per rank, and the validation
     metrics of every process are those of all validation days (gathered), checked against the forecasts."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "atft.cli.app", "train", "--data-path", str(tiny_dataset), "--max-epochs", "1",
-         "--run-name", "torchrun", *TINY, "train.runs_dir=runs", "train.scheduler.name=constant",
-         "train.trainer.accelerator=cpu", "train.trainer.devices=2", "train.trainer.strategy=ddp"],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    result = run_cli(
+        ["train", "--data-path", str(tiny_dataset), "--max-epochs", "1", "--run-name", "torchrun", *TINY,
+         "train.runs_dir=runs", "train.scheduler.name=constant", "train.trainer.accelerator=cpu",
+         "train.trainer.devices=2", "train.trainer.strategy=ddp"],
+        tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["torchrun"]

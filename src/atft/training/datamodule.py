@@ -62,8 +62,9 @@ class DayDataset(Dataset):
     segment are forecast too.
 
     ``exclude`` lists dates to leave out (the embargo blocks of a walk-forward fold).
-    ``day_weight`` (float [n_kept], set after construction, e.g. :func:`recency_weights`) adds each day's loss
-    weight to its sample as ``day_weight``; None (the default, and every evaluation split) adds nothing.
+    ``recency_halflife`` > 0 (training) gives each kept day the loss weight :func:`recency_weights`
+    (``day_weight`` [n_kept]) and adds it to the day's sample as ``day_weight``; 0 (the default, and every
+    evaluation split) adds nothing.
     ``graph(day, stocks)`` (e.g. ``atft.models.graph.DayGraphBuilder``), when given, adds the day's stock graph
     to each sample: ``edge_index`` [2, E] in the day's own row numbers and ``edge_attr`` [E, A].
     ``label_cutoff`` (a calendar index or a date) masks out every label whose window ends after it, even
@@ -84,6 +85,7 @@ class DayDataset(Dataset):
         exclude: np.ndarray | None = None,
         graph: DayGraph | None = None,
         require_labels: bool = False,
+        recency_halflife: float = 0.0,
     ) -> None:
         self.panel, self.lookback, self.min_stocks = panel, lookback, min_stocks
         self.graph = graph
@@ -123,7 +125,7 @@ class DayDataset(Dataset):
             [[0], np.cumsum(counts[keep])]
         )  # [n_kept + 1]  stock_idx[ptr[i]:ptr[i+1]]
         self.label_mask = np.ascontiguousarray(mask[:, keep].transpose(1, 0, 2))  # [n_kept, S, H]
-        self.day_weight: np.ndarray | None = None
+        self.day_weight = recency_weights(self.day_index, recency_halflife) if recency_halflife else None
 
     def __len__(self) -> int:
         return len(self.day_index)
@@ -338,10 +340,8 @@ class DayDataModule(L.LightningDataModule):
                     exclude=self.train_exclude if split == "train" else None,
                     graph=self.graph,
                     require_labels=split == "train",
+                    recency_halflife=self.recency_halflife if split == "train" else 0.0,
                 )
-                if split == "train" and self.recency_halflife > 0:
-                    dataset = self.datasets[split]
-                    dataset.day_weight = recency_weights(dataset.day_index, self.recency_halflife)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

@@ -163,7 +163,8 @@ class _Batch:
         # a day whose labels are all equal has no cross-section to rank or scale against
         self.y_spread = (self.n >= 2) & (y_hi > y_lo)  # [D, H]
         self.E = lay.exists.unsqueeze(1).expand_as(self.V)  # [D, H, M] rows that exist (labelled or not)
-        self.day_weight = batch.get("day_weight")  # [D] or None: the recency weight of each day
+        weight = batch.get("day_weight")  # [D] or None: the recency weight of each day
+        self.day_weight = None if weight is None else weight.float().unsqueeze(1)  # [D, 1]
         self._quantiles = out.get("quantiles")
 
     @functools.cached_property
@@ -246,7 +247,7 @@ class MultiHorizonLoss(nn.Module):
         A horizon with no ok day contributes 0; ``where`` keeps the result attached to the graph.
         """
         if b.day_weight is not None:
-            value = value * b.day_weight.to(value.dtype).unsqueeze(1)  # [D, H] * [D, 1]
+            value = value * b.day_weight  # [D, H] * [D, 1]
         per_h = torch.where(ok, value, 0.0).sum(0) / ok.sum(0).clamp_min(1)  # [H]
         return (self.hw * per_h).sum()
 
