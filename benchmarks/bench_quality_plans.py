@@ -1,14 +1,14 @@
 """Benchmark: the Quality issue's ablations on the synthetic demo market, as `atft experiment` plans.
 
-Runs ``configs/experiments/quality_synth.yaml`` (learning rate, weight averaging, loss balance),
-``quality_synth_arch.yaml`` (variable selection, the IC loss, horizon weights, FAN, the graph) and
-``quality_synth_seeds.yaml`` (the winner on two more seeds), ``quality_synth_targets.yaml`` (labels, capacity,
-context, graph), ``quality_synth_groups.yaml`` (drop-one feature groups) and ``quality_synth_schedule.yaml``
-(epochs, dropout, weight decay, lookback), ``quality_synth_history.yaml`` (no 200-day features) and ``quality_synth_loss.yaml`` (ListNet and Sharpe terms), each
-against the demo's setting
-of its time, and on the JP sample ``quality_jp_targets.yaml`` (the training label, 3 seeds) and
-``quality_jp_recency.yaml`` (recency weighting, 3 seeds) and ``quality_jp_history.yaml`` (a longer history
-without the 200-day features, 3 seeds); copies
+Runs, each against the demo's setting of its time: ``configs/experiments/quality_synth.yaml`` (learning rate,
+weight averaging, loss balance), ``quality_synth_arch.yaml`` (variable selection, the IC loss, horizon weights,
+FAN, the graph), ``quality_synth_seeds.yaml`` (the winners on two more seeds), ``quality_synth_targets.yaml``
+(labels, capacity, context, graph), ``quality_synth_groups.yaml`` (drop-one feature groups),
+``quality_synth_schedule.yaml`` (epochs, dropout, weight decay, lookback), ``quality_synth_history.yaml`` (no
+200-day features) and ``quality_synth_loss.yaml`` (ListNet and Sharpe terms); and on the JP sample, 3 seeds
+each, ``quality_jp_targets.yaml`` (the training label), ``quality_jp_recency.yaml`` (recency weighting),
+``quality_jp_recency_earlier.yaml`` (the same on an earlier fold) and ``quality_jp_history.yaml`` (a longer
+history without the 200-day features). Copies
 each plan's report (compare.md, experiment.json) to ``results/<plan>/``. Resumable like `atft experiment`:
 finished variants are reused. The winner is read on validation; docs/quality.md has the table.
 Usage: ``.venv/bin/python benchmarks/bench_quality_plans.py [--work DIR]`` (about 10 minutes a variant on
@@ -36,7 +36,7 @@ SYNTH_PLANS = (
     "quality_synth_history",
     "quality_synth_loss",
 )
-JP_PLANS = ("quality_jp_targets", "quality_jp_recency", "quality_jp_history")
+JP_PLANS = ("quality_jp_targets", "quality_jp_recency", "quality_jp_recency_earlier", "quality_jp_history")
 
 
 def main() -> None:
