@@ -341,6 +341,15 @@ def test_sigterm_while_writing_removes_the_staging_folder(tmp_path, monkeypatch)
 
 
 def test_ctrl_c_during_the_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch):
+    # Python's own Ctrl-C handler, whatever the suite was started under (a background job ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_during_the_swap(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_during_the_swap(tmp_path, monkeypatch):
     write_store(tmp_path / "s", tables(3), {"kind": "old"})
     real_replace = os.replace
 
