@@ -127,6 +127,21 @@ def sector_of(listed_info: pl.DataFrame, level: str) -> tuple[pl.DataFrame, str]
     )
 
 
+def priced_rows(store: RawStore, level: str) -> tuple[pl.DataFrame, str]:
+    """The store's daily bars sorted by (code, date) with each stock's sector: what ``compute_features`` reads.
+
+    Returns the frame (date, code, open, high, low, close, volume, sector) and the listed_info column the
+    sector came from (``sector_of``).
+    """
+    sectors, sector_column = sector_of(store.listed_info, level)
+    prices = (
+        store.prices.select("date", "code", "open", "high", "low", "close", "volume")
+        .sort("code", "date")
+        .join(sectors, on="code", how="left", maintain_order="left")
+    )
+    return prices, sector_column
+
+
 def compute_features(
     prices: pl.DataFrame,
     index: pl.DataFrame,
@@ -247,12 +262,7 @@ def build_dataset(
     if store.index is None or store.index.height == 0:
         raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
     horizons = list(cfg.data.horizons)
-    sectors, sector_column = sector_of(store.listed_info, cfg.data.sector_level)
-    prices = (
-        store.prices.select("date", "code", "open", "high", "low", "close", "volume")
-        .sort("code", "date")
-        .join(sectors, on="code", how="left", maintain_order="left")
-    )
+    prices, sector_column = priced_rows(store, cfg.data.sector_level)
     closes = prices.select("date", "code", "sector", "close")
     panel, groups = compute_features(
         prices,

@@ -192,15 +192,25 @@ class CrossSectionGAT(nn.Module):
             for _ in range(layers)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        # Set by the daily ranked list (``keep_attention``): the last layer's attention of each edge,
+        # averaged over heads, [E], in the order of edge_index; None otherwise (training keeps nothing).
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         heard = torch.zeros(h.shape[0], 1, dtype=torch.bool, device=h.device)  # [N, 1]
         heard[edge_index[1]] = True  # targets of at least one edge
         g = h  # [N, H]
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if self.keep_attention and i == len(self.convs) - 1:
+                # without self loops PyG returns the edges as given, so alpha [E, heads] lines up with them
+                m, (_, alpha) = conv(g, edge_index, edge_attr.to(g.dtype), return_attention_weights=True)
+                self.attention = alpha.detach().float().mean(-1)  # [E]
+            else:
+                m = conv(g, edge_index, edge_attr.to(g.dtype))
             # Masked after the norm: an isolated stock's message would be a constant vector, whose
             # LayerNorm has ~zero variance and a gradient of ~1/sqrt(eps) (measured: 1e7 at step 0).
-            g = torch.where(heard, norm(F.elu(conv(g, edge_index, edge_attr.to(g.dtype)))), 0.0)
+            g = torch.where(heard, norm(F.elu(m)), 0.0)
         return g
 
 
