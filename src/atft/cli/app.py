@@ -7,6 +7,7 @@ import typer
 from atft.cli import config as config_cli
 from atft.cli import data as data_cli
 from atft.cli.compare import compare
+from atft.cli.daily import bundle, predict, serve
 from atft.cli.demo import demo
 from atft.cli.evaluate import backtest, diagnose, evaluate
 from atft.cli.experiment import experiment
@@ -28,6 +29,9 @@ app.command()(diagnose)
 app.command()(compare)
 app.command()(experiment)
 app.command()(rolling)
+app.command()(predict)
+app.command()(bundle)
+app.command()(serve)
 app.command(help="Run the main job on the built-in synthetic market and print where the results are.")(demo)
 
 

@@ -15,6 +15,7 @@ names the file and what to do. The layout::
     eval/                         ``atft evaluate`` of the test segment (eval/<split>/ for another segment)
     backtest/<strategy>_<h>d/     ``atft backtest``: daily.parquet, summary.json
     report.md, report/, report.html   ``atft diagnose``
+    daily/<date>/                 ``atft predict``: ranked_<h>d.csv/.parquet, skipped.csv, summary.json
 """
 
 from __future__ import annotations
@@ -367,6 +368,10 @@ class RunFolder:
         return _read_parquet(out / "daily.parquet", hint), self._read_json(
             out / "summary.json", required=True
         )
+
+    def daily_dir(self, date: object) -> Path:
+        """Where ``atft predict`` writes the ranked lists of ``date`` (written by ``DailyList.write``)."""
+        return self.root / "daily" / str(date)
 
     def backtest_dir(self, strategy: str, horizon: int) -> Path:
         return self.root / "backtest" / f"{strategy}_{horizon}d"
