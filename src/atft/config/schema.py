@@ -310,6 +310,11 @@ class TrainConfig:
     # before the last training day, scaled to a mean of 1 (atft.training.datamodule.recency_weights). For a
     # market whose relations drift; 0 switches it off.
     recency_halflife_days: float = field(default=0.0, metadata={"ge": 0.0})
+    # torch.compile the model's forward (atft.workflow.train.compile_model): worth it on a GPU, where it
+    # fuses the many small kernels of the VSN and heads; on a CPU compiling costs more than it saves.
+    # ``compile_backend`` is torch.compile's backend ("inductor"; "aot_eager" traces without code generation).
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import polars as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
@@ -125,6 +126,15 @@ def build_module(cfg: ATFTConfig, run: RunData) -> ForecastModule:
         list(cfg.data.horizons),
         target_scale.tolist(),
     )
+
+
+def compile_model(module: ForecastModule, backend: str = "inductor") -> None:
+    """``torch.compile`` the model's forward in place (``train.compile``).
+
+    The forward is compiled, not the module, so parameter names, checkpoints and bundles stay those of the
+    plain model; shapes are dynamic because every day brings its own number of stocks (and edges).
+    """
+    module.model.forward = torch.compile(module.model.forward, backend=backend, dynamic=True)
 
 
 def empty_segment_message(name: str, segment: DayDataset, cfg: ATFTConfig, label_std: np.ndarray) -> str:
@@ -297,6 +307,9 @@ def train_run(
         state = RunFolder(Path(init_from).parent.parent).load_checkpoint(Path(init_from))["state_dict"]
         module.load_state_dict(state)
         folder.event("warm_start", checkpoint=str(init_from))
+    if cfg.train.compile:
+        say(f"compiling the model (train.compile, backend {cfg.train.compile_backend})")
+        compile_model(module, cfg.train.compile_backend)
     run_trainer = build_trainer(
         cfg, folder, hardware, list(cfg.data.horizons), progress_bar=progress_bar, extra=callbacks
     )
