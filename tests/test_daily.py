@@ -185,9 +185,18 @@ def test_a_day_without_data_or_with_incomplete_features_is_refused(run, raw, tmp
         daily_ranked_list(bundle, raw, "yesterday", say=quiet)
     no_index = store_with(raw, tmp_path / "i", store.prices, store.index.filter(pl.col("date") < last))
     with pytest.raises(NoDataForDay, match=f"index.parquet has no close on {last}: the market features"):
-        daily_ranked_list(bundle, no_index, "latest", say=quiet)
+        daily_ranked_list(bundle, no_index, str(last), say=quiet)
+    said = []  # 'latest' is then the last day with both, and says so
+    daily = daily_ranked_list(bundle, no_index, "latest", say=said.append)
+    before = store.prices["date"].unique().sort()[-2]
+    assert (
+        daily.date == before and f"'latest' is {before}, the last day with both" in daily.info["latest_note"]
+    )
+    assert daily.info["latest_note"] in said
     early = str(store.prices["date"].unique().sort()[30])  # every stock is still in its 200-day warmup
-    with pytest.raises(DailyListError, match=r"only 0 stocks have a complete 20-day window .*\(warmup: \d+\)$"):
+    with pytest.raises(
+        DailyListError, match=r"only 0 stocks have a complete 20-day window .*\(warmup: \d+\)$"
+    ):
         daily_ranked_list(bundle, raw, early, say=quiet)
 
 

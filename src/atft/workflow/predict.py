@@ -56,7 +56,7 @@ class DailyList:
     score (the point forecast of the forward return), the quantile forecasts, neighbours (who the stock
     attended to most that day, ``code:weight`` by descending attention; null without a graph).
     ``skipped``: one row per stock of the store that was not scored: code, sector, kind (``no_bar``, ``warmup``,
-    ``gaps``, ``null_features``, ``not_trading``) and the reason in words.
+    ``gaps``, ``no_sector``, ``null_features``, ``not_trading``) and the reason in words.
     """
 
     date: dt.date
@@ -90,7 +90,7 @@ class DailyList:
 
 
 def resolve_day(dates: np.ndarray, day: str, where: Path) -> np.datetime64:
-    """``latest`` (the store's last day) or a ``YYYY-MM-DD`` the store has bars for."""
+    """``latest`` (the last of ``dates``) or a ``YYYY-MM-DD`` the store has bars for."""
     if len(dates) == 0:
         raise NoDataForDay(f"{where} has no bars")
     if day == "latest":
@@ -127,8 +127,22 @@ def daily_ranked_list(
     if store.index is None or store.index.height == 0:
         raise StoreError(f"{raw_dir} has no index table; the market features need one")
     dates = np.unique(store.prices["date"].to_numpy().astype("datetime64[D]"))
-    target = resolve_day(dates, day, raw_dir / "prices.parquet")
     index_dates = store.index["date"].to_numpy().astype("datetime64[D]")
+    note = None
+    if day == "latest" and len(dates) and not np.isin(dates[-1], index_dates):
+        # a day without its index close cannot be scored: 'latest' is the last day that has both
+        complete = dates[np.isin(dates, index_dates)]
+        if len(complete) == 0:
+            raise NoDataForDay(
+                f"{raw_dir / 'index.parquet'} has no close on any day of {raw_dir / 'prices.parquet'}"
+            )
+        note = (
+            f"the prices run to {dates[-1]} but {raw_dir / 'index.parquet'} only to {index_dates.max()}: "
+            f"'latest' is {complete[-1]}, the last day with both"
+        )
+        say(note)
+        dates = dates[dates <= complete[-1]]
+    target = resolve_day(dates, day, raw_dir / "prices.parquet")
     if not np.isin(target, index_dates):
         raise NoDataForDay(
             f"{raw_dir / 'index.parquet'} has no close on {target}: the market features of that day are "
@@ -214,6 +228,7 @@ def daily_ranked_list(
         "skipped_by_reason": dict(skipped.group_by("kind").len().sort("kind").iter_rows()),
         "graph_edges": int(batch["edge_index"].shape[1]) if graph_on else None,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "latest_note": note,
     }
     return DailyList(target.astype(dt.date), ranked, skipped.sort("code"), info)
 
@@ -316,6 +331,8 @@ def _skip_reasons(
         .then(pl.lit("warmup"))
         .when(pl.col("bars_in_window") < lookback)
         .then(pl.lit("gaps"))
+        .when(pl.col("sector").is_null())
+        .then(pl.lit("no_sector"))
         .otherwise(pl.lit("null_features"))
     )
     reason = (
@@ -325,6 +342,8 @@ def _skip_reasons(
         .then(pl.format("warmup: {} days of history, the features need {}", "days", pl.lit(WARMUP_DAYS)))
         .when(pl.col("bars_in_window") < lookback)
         .then(pl.format("gaps: {} of the {} window days have a bar", "bars_in_window", pl.lit(lookback)))
+        .when(pl.col("sector").is_null())
+        .then(pl.format("no sector in listed_info: the {} sector features are null", "null_features"))
         .otherwise(
             pl.format("null features in the window: {} features, first {}", "null_features", "first_null")
         )
