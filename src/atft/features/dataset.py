@@ -9,6 +9,11 @@ Labels (``target_*``, ``label_end_*``) hold the future by construction and the s
 from __future__ import annotations
 
 import difflib
+import hashlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +91,7 @@ def features_without(manifest: dict[str, Any], drop_groups: list[str]) -> list[s
 
 
 DAMAGED_HINT = "rebuild it with `atft data build --raw RAW --out DIR --overwrite`"
+CACHE_DIR = "cache"  # derived files (panel, day graphs, guard verdict): disposable, rebuilt on demand
 
 
 class DatasetFolder:
@@ -94,6 +100,11 @@ class DatasetFolder:
     ``features.parquet``, ``labels.parquet``, ``stocks.parquet``, the synthetic market's ``oracle.parquet`` and
     ``manifest.json`` are read only through this class, so a missing or damaged file always becomes one
     :class:`DatasetError` line that names the file and what to do.
+
+    ``cache/`` holds files derived from the tables (the memory-mapped feature panel, the day graphs, the
+    guard's verdict), named ``<kind>-<stamp>-<key>``: :meth:`stamp` changes whenever the dataset does, so a
+    stale file is never read (and is deleted at the next write). Every cache file is written atomically; one
+    that is damaged anyway is deleted and rebuilt with a warning, since it holds nothing the tables do not.
     """
 
     TABLES = ("features", "labels", "stocks", "oracle")
@@ -113,6 +124,9 @@ class DatasetFolder:
         unknown = sorted(set(tables) - set(DatasetFolder.TABLES))
         if unknown:
             raise DatasetError(f"a dataset has no table {unknown}: its tables are {DatasetFolder.TABLES}")
+        cache = Path(out) / CACHE_DIR
+        if overwrite and (Path(out) / "manifest.json").is_file() and cache.is_dir():
+            shutil.rmtree(cache)  # ours and derived from the old tables: the store would call it foreign
         write_store(out, tables, {**manifest, "kind": "dataset"}, overwrite=overwrite)
         return DatasetFolder(out)
 
@@ -193,3 +207,109 @@ class DatasetFolder:
             )
         frame = self.read("labels", ["date", "code", "target_1d"])
         return frame.select("date", "code", pl.col("target_1d").cast(pl.Float64).alias("ret"))
+
+    # ---- the cache: files derived from the tables, rebuilt whenever the dataset changes -----------------
+
+    def stamp(self) -> str:
+        """16 hex digits that change whenever the dataset does: the manifest's schema_hash and the size and
+        modification time (ns) of every table. Every cache file name carries it."""
+        parts = [str(self.manifest.get("schema_hash"))]
+        for table in self.TABLES:
+            if self.has(table):
+                stat = self.path(table).stat()
+                parts.append(f"{table}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
+
+    def cache_path(self, kind: str, key: str, suffix: str = "") -> Path:
+        """``cache/<kind>-<stamp>-<key><suffix>``: the file (or folder) of one cached thing."""
+        return self.root / CACHE_DIR / f"{kind}-{self.stamp()}-{key}{suffix}"
+
+    def cached_array(
+        self, kind: str, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]
+    ) -> np.ndarray:
+        """A float32 array ``shape`` from ``cache/<kind>-<stamp>-<key>.npy``, memory-mapped; built by ``fill``
+        (which writes every element of the array it is given) when absent, stale or damaged.
+
+        The map is copy-on-write: the process may write to it, the file never changes. Building it holds the
+        array in memory once (as loading without a cache does); a folder that cannot be written to (a
+        read-only share) keeps that in-memory array.
+        """
+        path = self.cache_path(kind, key, ".npy")
+        if path.is_file():
+            try:
+                array = np.load(path, mmap_mode="c")
+                if array.shape == shape and array.dtype == np.float32 and array.flags.c_contiguous:
+                    return array.view(np.ndarray)  # a plain array over the map (the map stays open)
+                reason = f"shape {array.shape} {array.dtype}, expected {shape} float32"
+            except (ValueError, OSError, EOFError) as e:
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"{path} is damaged ({reason[:160]}); rebuilding it from the tables", stacklevel=2)
+            path.unlink(missing_ok=True)
+        array = np.empty(shape, dtype=np.float32)
+        fill(array)
+        # Scattered in memory, then written in one sequential pass: scattering into the mapped file itself
+        # would dirty every page once per column block, and the kernel throttles such writers (10x slower).
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            self._prune_cache()
+            with open(tmp, "wb") as out:
+                np.save(out, array)
+            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+        except OSError:  # a folder we may not write to: keep the array built in memory
+            tmp.unlink(missing_ok=True)
+            return array
+        del array  # from here on the pages belong to the page cache, which may drop and re-read them
+        return np.load(path, mmap_mode="c").view(np.ndarray)
+
+    def load_cached(self, path: Path) -> dict[str, np.ndarray] | None:
+        """The arrays of a cached ``.npz`` file, or None when it is absent or damaged (then it is deleted)."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except Exception as e:  # a damaged zip raises anything from BadZipFile to ValueError
+            warnings.warn(f"{path} is damaged ({type(e).__name__}); rebuilding it", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+
+    def save_cached(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        """Write ``arrays`` to the cached ``.npz`` file atomically; a folder not writable is left alone."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            if not path.parent.is_dir():  # the first file of its kind: the time to clear out stale ones
+                path.parent.mkdir(parents=True)
+                self._prune_cache()
+            with open(tmp, "wb") as out:
+                np.savez(out, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _prune_cache(self) -> None:
+        """Delete cache entries of other stamps (they can never be read again) and temporary files that
+        writers killed mid-write left behind (their process is gone)."""
+        stamp = self.stamp()
+        for entry in (self.root / CACHE_DIR).iterdir():
+            name = entry.name
+            if name.startswith("."):
+                pid = name.rpartition(".tmp-")[2]
+                stale = not pid.isdigit() or not _alive(int(pid))
+            else:
+                stale = name.split("-")[1:2] != [stamp]
+            if stale and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif stale:
+                entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

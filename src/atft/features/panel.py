@@ -9,6 +9,7 @@ on day ``d`` is then the slice ``x[:, d-L+1:d+1]``: a view, never a copy, and bu
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,7 @@ class DayPanel:
         *,
         features: list[str] | None = None,
         labels: list[str] | None = None,
+        cache: bool = False,
     ) -> DayPanel:
         """Read a dataset folder into a panel, reading only the requested columns.
 
@@ -164,6 +166,10 @@ class DayPanel:
         labels. Features pass through :func:`~atft.features.dataset.select_features`, which refuses any
         label or oracle name. Peak memory is the panel plus one column block (at most 256 MiB of values,
         held twice: by polars and by numpy); nothing is ever copied to float64.
+
+        With ``cache``, ``x`` is memory-mapped from the dataset's panel cache (``cache/panel-*.npy``, see
+        :meth:`DatasetFolder.cached_array`), scattered into that file on first use: the same array, bit for
+        bit, held by the page cache instead of the process, and later loads skip the features table.
         """
         folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
         manifest = folder.manifest
@@ -177,9 +183,18 @@ class DayPanel:
         dates = np.unique(folder.read("features", ["date"])["date"].to_numpy())
         n_stocks, n_days = len(codes), len(dates)
 
-        x = np.full((n_stocks, n_days, len(features)), np.nan, dtype=np.float32)
-        flat = _row_index(folder, "features", codes, dates)
-        _scatter(x, flat, folder, "features", features)
+        shape = (n_stocks, n_days, len(features))
+
+        def fill(x: np.ndarray) -> None:  # x: [S, D, F], uninitialised
+            x.fill(np.nan)
+            _scatter(x, _row_index(folder, "features", codes, dates), folder, "features", features)
+
+        if cache:  # the key: which columns, in which order, over which stocks (the stamp covers the rest)
+            key = hashlib.blake2b("\n".join([*features, "", *codes]).encode(), digest_size=8).hexdigest()
+            x = folder.cached_array("panel", key, shape, fill)
+        else:
+            x = np.empty(shape, dtype=np.float32)
+            fill(x)
         y, label_end = _read_labels(folder, labels, codes, dates)
         return cls(
             x,

@@ -13,7 +13,8 @@ import difflib
 import hashlib
 import math
 from collections import OrderedDict
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,16 @@ EDGE_ATTRS = ("corr", "same_sector", "same_market")
 MODES = ("correlation", "sector", "none")
 _ROW_BLOCK = 1024  # rows of the [N, N] correlation scored at a time: bounds temporaries to ~4 MB x N/1000
 _MIN_OBS_FLOOR = 5  # fewer observed days than this never give a meaningful correlation
+_DISK_FORMAT = 1  # bump when the formulas change: the graphs cached on disk are then rebuilt
+
+
+class GraphCache(Protocol):
+    """Where day graphs are kept between runs: the dataset folder's cache (``DatasetFolder`` has these
+    methods). A protocol, so the model stage reads arrays and never a data class of another stage."""
+
+    def cache_path(self, kind: str, key: str, suffix: str = "") -> Path: ...
+    def load_cached(self, path: Path) -> dict[str, np.ndarray] | None: ...
+    def save_cached(self, path: Path, arrays: dict[str, np.ndarray]) -> None: ...
 
 
 def _empty_graph() -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +65,9 @@ class DayGraphBuilder:
     ``window``, ``threshold``, ``top_k``, ``shrinkage``, ``ewm_halflife``, ``return_feature``.
     ``market_id`` (int [S]) is each stock's market segment; ``None`` puts every stock in one market.
     At most ``cache_days`` (day, stocks) graphs are kept, least recently used dropped first (0 = no cache).
+    With ``disk`` (the dataset folder ``x`` was loaded from), each graph is also kept in the dataset's cache
+    (``cache/graph-<stamp>-<key>/<day>-<stocks hash>.npz``, key = the settings and the panel's shape), so it
+    is computed once per day and dataset, not once per epoch and run; a damaged file is rebuilt.
 
     Calling the builder returns ``(edge_index, edge_attr)``: edge_index long [2, E] in local indices into
     ``stocks``, sorted by (source, target), symmetric, without self loops; edge_attr float32 [E, 3] in the
@@ -71,6 +85,7 @@ class DayGraphBuilder:
         *,
         market_id: np.ndarray | None = None,
         cache_days: int = 4096,
+        disk: GraphCache | None = None,
     ) -> None:
         self.x = x  # [S, D, F]
         self.mode = str(cfg.mode)
@@ -107,6 +122,15 @@ class DayGraphBuilder:
         self._cache: OrderedDict[tuple[int, bytes], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.disk = disk
+        self.disk_hits = 0
+        if disk is not None:
+            settings = (
+                _DISK_FORMAT, self.mode, self.window, self.threshold, self.top_k, self.shrinkage,
+                self.ewm_halflife, self.return_feature, x.shape[:2], market_id is None,
+            )  # fmt: skip
+            key = hashlib.blake2b(repr(settings).encode(), digest_size=8).hexdigest()
+            self._disk_dir = disk.cache_path("graph", key)
 
     # ------------------------------------------------------------------------------------------------
     # configuration and input checks
@@ -184,7 +208,14 @@ class DayGraphBuilder:
             self._cache.move_to_end(key)
             return cached
         self.misses += 1
-        graph = self._build(day, idx)
+        graph = self._from_disk(day, key[1]) if self.disk is not None else None
+        if graph is None:
+            graph = self._build(day, idx)
+            if self.disk is not None:
+                edges, attrs = graph
+                self.disk.save_cached(
+                    self._disk_file(day, key[1]), {"edge_index": edges.numpy(), "edge_attr": attrs.numpy()}
+                )
         if self.cache_days > 0:
             self._cache[key] = graph
             while len(self._cache) > self.cache_days:
@@ -192,13 +223,31 @@ class DayGraphBuilder:
         return graph
 
     def cache_info(self) -> dict[str, int]:
-        """Cache hits, misses and current size, for logging."""
+        """Cache hits, misses and current size, for logging (``disk_hits`` counts the misses read from disk)."""
         return {
             "hits": self.hits,
             "misses": self.misses,
             "size": len(self._cache),
             "max_size": self.cache_days,
         }
+
+    def _disk_file(self, day: int, stocks_hash: bytes) -> Path:
+        return self._disk_dir / f"{day}-{stocks_hash.hex()}.npz"
+
+    def _from_disk(self, day: int, stocks_hash: bytes) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The graph cached on disk for (day, stocks), or None (absent or damaged)."""
+        arrays = self.disk.load_cached(self._disk_file(day, stocks_hash))
+        if arrays is None:
+            return None
+        edge_index, edge_attr = arrays.get("edge_index"), arrays.get("edge_attr")
+        if (
+            edge_index is None or edge_attr is None or edge_index.dtype != np.int64
+            or edge_attr.dtype != np.float32 or edge_index.ndim != 2 or edge_index.shape[0] != 2
+            or edge_attr.shape != (edge_index.shape[1], len(EDGE_ATTRS))
+        ):  # fmt: skip
+            return None  # not a graph this builder wrote: computed again (and rewritten)
+        self.disk_hits += 1
+        return torch.from_numpy(edge_index), torch.from_numpy(edge_attr)
 
     def correlation(self, day: int, stocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The shrunk correlation float32 [N, N] the edges come from, and which stocks have one (bool [N]).
