@@ -50,7 +50,7 @@ def one_size(
     horizons = list(cfg.data.horizons)
     model = ATFTGATFAN(features, horizons, list(cfg.model.quantiles), cfg.model).to(device)
     loss_fn = MultiHorizonLoss(horizons, list(cfg.model.quantiles), cfg.loss).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)  # as ForecastModule's
 
     x = torch.randn(stocks, lookback, features, device=device)
     per_day = stocks // days

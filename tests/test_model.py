@@ -14,6 +14,7 @@ from atft.models.atft_gat_fan import (
     VariableSelection,
     count_parameters,
     quantile_name,
+    top_k_mask,
 )
 
 HORIZONS = [1, 5, 10, 20]
@@ -233,3 +234,12 @@ def test_a_tiny_model_overfits_a_tiny_panel():
         loss.backward()
         optimizer.step()
     assert float(loss) < 0.02 * first
+
+
+def test_top_k_mask_keeps_exactly_what_topk_keeps_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(300, 7, 11, generator=generator)  # [N, F, K]: distinct values
+    values[:40] = torch.randint(0, 3, (40, 7, 11), generator=generator).float()  # many ties at the k-th value
+    for k in (1, 3, 5, 11):
+        expected = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, values.topk(k, dim=-1).indices, True)
+        assert torch.equal(top_k_mask(values, k), expected)
