@@ -356,6 +356,8 @@ class DayDataModule(L.LightningDataModule):
             collate_fn=collate_days,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # page-locked batches on a GPU machine, so Lightning's copy to the card (non_blocking) overlaps
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
