@@ -8,7 +8,8 @@ it trains one full epoch; on a CPU it trains ``--steps`` batches of one day each
 ``PL_TRAINER_LIMIT_TRAIN_BATCHES`` / ``PL_TRAINER_LIMIT_VAL_BATCHES`` from the environment) and forecasts
 short validation and test segments, because a CPU step at this size takes about a minute and holds the
 model's activations in the process (about 7.5 GB per 4,000 windows of 60 days at hidden size 256; the
-preset's four days per batch would need ~30 GB, on a GPU they live in GPU memory). The data side (guard,
+preset's four days per batch would need ~30 GB, on a GPU they live in GPU memory); so on a CPU the stocks'
+histories are encoded in checkpointed chunks (``model.checkpoint_chunk``, ``--checkpoint-chunk``). The data side (guard,
 panel, graphs, loaders) is the production one either way: the whole panel is loaded and served.
 
 Training runs twice: ``train_cold`` on a fresh dataset builds the caches (panel, day graphs, guard verdict:
@@ -53,6 +54,12 @@ def main() -> None:
     parser.add_argument("--stocks", type=int, default=4000)
     parser.add_argument("--days", type=int, default=2650)
     parser.add_argument("--steps", type=int, default=2, help="training batches on a CPU (one day each)")
+    parser.add_argument(
+        "--checkpoint-chunk",
+        type=int,
+        default=512,
+        help="model.checkpoint_chunk on a CPU (0: keep every activation, ~7.5 GB per 4,000 windows)",
+    )
     parser.add_argument("--reuse", action="store_true", help="keep a raw store and dataset under --work")
     parser.add_argument("--stage-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -77,7 +84,11 @@ def main() -> None:
     train += [f"train.runs_dir={work / 'runs'}"]
     env: dict[str, str] = {}
     if not gpu:
-        train += [*CPU_SPLIT, "train.batch.days_per_batch=1"]
+        train += [
+            *CPU_SPLIT,
+            "train.batch.days_per_batch=1",
+            f"model.checkpoint_chunk={args.checkpoint_chunk}",
+        ]
         env = {"PL_TRAINER_LIMIT_TRAIN_BATCHES": str(args.steps), "PL_TRAINER_LIMIT_VAL_BATCHES": "1"}
     for name in ("train_cold", "train_warm"):
         shutil.rmtree(work / "runs" / name, ignore_errors=True)

@@ -243,3 +243,25 @@ def test_top_k_mask_keeps_exactly_what_topk_keeps_ties_included():
     for k in (1, 3, 5, 11):
         expected = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, values.topk(k, dim=-1).indices, True)
         assert torch.equal(top_k_mask(values, k), expected)
+
+
+def test_checkpointed_chunks_give_the_same_forecasts_and_gradients():
+    """model.checkpoint_chunk recomputes the per-stock encoder in the backward pass: same function, same
+    gradients (dropout off, so no random draw differs)."""
+    cfg = load_config(overrides=["model.hidden_size=16", "model.gat.heads=2", "model.temporal.attention_heads=2",
+                                 "model.dropout=0", "model.graph.mode=none"], env={}).cfg  # fmt: skip
+    torch.manual_seed(0)
+    plain = ATFTGATFAN(6, HORIZONS, [0.1, 0.5, 0.9], cfg.model)
+    chunked = ATFTGATFAN(6, HORIZONS, [0.1, 0.5, 0.9], cfg.model)
+    chunked.load_state_dict(plain.state_dict())
+    chunked.checkpoint_chunk = 7  # 30 stocks: chunks of 7, 7, 7, 7, 2
+    x = torch.randn(30, 20, 6, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for model in (plain, chunked):
+        out = model(x)
+        (out["point"].square().sum() + out["quantiles"].sum()).backward()
+        outs.append((out["point"].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert len(outs[0][1]) == len(outs[1][1])
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

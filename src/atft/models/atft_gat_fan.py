@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GATv2Conv
 
 from atft.config.schema import HeadConfig, ModelConfig
@@ -414,15 +415,19 @@ class ATFTGATFAN(nn.Module):
             to_heads = len(horizons) if cfg.shortcut_to in ("heads", "both") else None
             self.shortcut = FeatureShortcut(n_features, to_embedding, to_heads, self.use_graph)
         self.heads = nn.ModuleList(HorizonHead(hidden, len(quantiles), cfg.head, dropout) for _ in horizons)
+        self.checkpoint_chunk = int(getattr(cfg, "checkpoint_chunk", 0) or 0)  # absent from older checkpoints
 
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         x_raw = x  # [N, L, F]
-        if self.fan is not None:
-            x = self.fan(x)  # [N, L, F]
-        e = self.vsn(x)  # [N, L, H]
-        h = self.temporal(e)  # [N, H]
+        if self.checkpoint_chunk and torch.is_grad_enabled():
+            # each stock's history is encoded alone, so chunks of stocks give the same h; their
+            # activations are recomputed in the backward pass instead of kept (model.checkpoint_chunk)
+            parts = x.split(self.checkpoint_chunk)  # [chunk, L, F] each
+            h = torch.cat([checkpoint(self.encode, part, use_reentrant=False) for part in parts])  # [N, H]
+        else:
+            h = self.encode(x)  # [N, H]
         if self.gat is not None:
             if edge_index is None or edge_attr is None:
                 raise ValueError("the GAT is enabled but the batch has no graph: set model.graph.mode")
@@ -432,6 +437,12 @@ class ATFTGATFAN(nn.Module):
             s, offset = self.shortcut(x_raw[:, -1], edge_index, edge_attr)  # [N, H] or None, [N, n_h] or None
             h = h + s if s is not None else h
         return horizon_outputs(self.heads, h, self.target_scale, offset)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, H]
+        """Each stock's own history: FAN, variable selection, LSTM and attention (no stock sees another)."""
+        if self.fan is not None:
+            x = self.fan(x)  # [N, L, F]
+        return self.temporal(self.vsn(x))  # [N, L, H] -> [N, H]
 
     @property
     def selection_weights(self) -> torch.Tensor | None:
