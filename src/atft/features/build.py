@@ -3,7 +3,8 @@
 The pipeline, in the order the data flows:
 
 1. join each stock's sector and the same-date market features onto the price panel;
-2. per-stock time-series features (``technical``, ``market.stock_vs_market``), ``.over("code")``;
+2. per-stock time-series features (``technical``, ``market.stock_vs_market``), a chunk of stocks at a time,
+   then the panel reordered by (date, code);
 3. same-date sector statistics and the sector series joined back (``sector``);
 4. cross-sectional ranks of key features, then per-date normalization of every stock feature;
 5. validity flags, labels, the guard, and the manifest.
@@ -24,11 +25,11 @@ import polars as pl
 from atft.config import ATFTConfig
 from atft.data.store import RawStore, StoreError
 from atft.features import technical
-from atft.features.cross_section import cs_rank, normalize_per_date
+from atft.features.cross_section import cs_rank, interleave_dates, normalize_per_date, stock_blocks
 from atft.features.dataset import DatasetFolder
 from atft.features.guard import GuardReport, check_dataset
 from atft.features.labels import build_labels, label_names
-from atft.features.market import market_features, stock_vs_market
+from atft.features.market import market_features, stock_market_windows, stock_vs_market
 from atft.features.sector import sector_cross_section, sector_series, sector_series_features
 
 # The longest window of any feature (the 200-day EMA): before it is full a stock is in its warmup.
@@ -46,8 +47,6 @@ NORMALIZED_GROUPS = (
 RAW_EXCESS = ("rel_strength_20d", "rel_strength_60d")
 SECTOR_COLUMN = {"sector17": "sector17_name", "sector33": "sector33_name"}
 STOCK_CHUNK = 500
-# Columns reordered per pass (``_date_major``): parallel across columns, bounded in memory.
-REORDER_BATCH = 16
 
 Progress = Callable[[str], None]
 
@@ -64,28 +63,36 @@ def _stock_feature_exprs() -> dict[str, dict[str, pl.Expr]]:
     }
 
 
-def _per_stock(panel: pl.DataFrame, groups: dict[str, dict[str, pl.Expr]]) -> pl.DataFrame:
-    """Base columns, then every per-stock feature as Float32, each evaluated within one stock."""
-    others = [
-        e.over("code").alias(n)
-        for g, exprs in groups.items()
-        if g != "stock_market"
-        for n, e in exprs.items()
-    ]
+def _per_stock(
+    stocks: pl.DataFrame, market: pl.DataFrame, groups: dict[str, dict[str, pl.Expr]]
+) -> pl.DataFrame:
+    """Every per-stock feature as Float32 and the validity flags, for a frame of whole stocks sorted by
+    (code, date); returned sorted by (date, code).
+
+    The market features are joined here, a chunk at a time: on the whole panel they would be a dozen
+    float64 columns of 10M rows. Shifts, minima and maxima run over the whole chunk with the rows whose
+    window reaches into the previous stock nulled (``technical``), the rest ``.over("code")``. Sorting the
+    chunk by date here, while its columns fit in the processor's cache, leaves ``interleave_dates`` to
+    merge chunks.
+    """
+    first = pl.col("code") != pl.col("code").shift(1, fill_value="")  # a stock's first row
+    index = pl.int_range(pl.len(), dtype=pl.Int64)
+    features = [e.alias(n) for exprs in groups.values() for n, e in exprs.items()]
     return (
-        panel.lazy()
-        .with_columns(*[e.over("code").alias(n) for n, e in technical.base_columns().items()])
-        .with_columns(*others, row_in_stock=pl.int_range(pl.len()).over("code"))
-        .with_columns(*[e.over("code").alias(n) for n, e in groups["stock_market"].items()])
+        stocks.join(market, on="date", how="left", maintain_order="left")
+        .with_columns(row_in_stock=index - pl.when(first).then(index).forward_fill())
+        .with_columns(*[e.alias(n) for n, e in technical.base_columns().items()])
+        .with_columns(*[e.alias(n) for n, e in {**technical.windows(), **stock_market_windows()}.items()])
+        .with_columns(*features)
         .select(
             "date",
             "code",
             "sector",
-            "row_in_stock",
             *[_defined(pl.col(n), n) for names in groups.values() for n in names],
-            *[_defined(pl.col(n), n) for n in panel.columns if n.startswith("mkt_")],
+            *[_defined(pl.col(n), n) for n in market.columns if n != "date"],
+            *[pl.col("row_in_stock").ge(w).alias(f"is_valid_{w}d") for w in VALIDITY_WINDOWS],
         )  # fmt: skip
-        .collect()
+        .sort("date", maintain_order=True)  # stable: within a date the rows stay in code order
     )
 
 
@@ -96,20 +103,6 @@ def _defined(x: pl.Expr, name: str) -> pl.Expr:
     date, and null is how the dataset says "no value" everywhere else.
     """
     return pl.when(x.is_finite()).then(x).cast(pl.Float32).alias(name)
-
-
-def _date_major(panel: pl.DataFrame) -> pl.DataFrame:
-    """``panel`` sorted by (date, code): from here on every step is per date, and date-major order makes
-    each date's rows contiguous (cross-sectional statistics run about 3x faster).
-
-    Reordered a batch of columns at a time, each old batch freed as its new one is made: sorting the
-    whole 10M-row frame at once would hold two copies of it.
-    """
-    order = panel.select(pl.arg_sort_by("date", "code")).to_series()
-    for start in range(0, panel.width, REORDER_BATCH):
-        batch = panel.columns[start : start + REORDER_BATCH]
-        panel = panel.with_columns(panel.select(batch)[order])
-    return panel
 
 
 def sector_of(listed_info: pl.DataFrame, level: str) -> tuple[pl.DataFrame, str]:
@@ -164,16 +157,14 @@ def compute_features(
     groups["market"] = [c for c in market.columns if c != "date"]
 
     say("per-stock features")
-    panel = prices.join(market, on="date", how="left", maintain_order="left")
-    codes = panel["code"].unique(maintain_order=True)
+    if not prices["code"].is_sorted():  # each stock's rows must be contiguous, in date order
+        prices = prices.sort("code", maintain_order=True)
     # A few hundred stocks at a time: bounds the float64 intermediates of ~60 features on a 10M-row panel.
-    chunks = [
-        _per_stock(panel.filter(pl.col("code").is_in(codes.slice(start, STOCK_CHUNK).implode())), exprs)
-        for start in range(0, codes.len(), STOCK_CHUNK)
-    ]
-    del panel
+    chunks = [_per_stock(stocks, market, exprs) for stocks in stock_blocks(prices, STOCK_CHUNK)]
     say("ordering by date")
-    panel = _date_major(pl.concat(chunks))
+    # From here on every step is per date, and date-major order makes each date's rows contiguous
+    # (cross-sectional statistics run several times faster).
+    panel = interleave_dates(chunks)
     del chunks
 
     say("sector features")
@@ -188,7 +179,7 @@ def compute_features(
     normalized = [n for g in NORMALIZED_GROUPS for n in groups[g] if n not in RAW_EXCESS]
     if normalization is not None:  # None: raw values, for inspection and for the reference tests
         panel = normalize_per_date(panel, normalized, normalization, clip)
-    flags = [pl.col("row_in_stock").ge(w).alias(f"is_valid_{w}d") for w in VALIDITY_WINDOWS]
+    flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
     order = [n for names in groups.values() for n in names]
     return panel.select(
         "date", "code", "sector", *[pl.col(n).cast(pl.Float32) for n in order], *flags
@@ -263,23 +254,31 @@ def build_dataset(
         raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
     horizons = list(cfg.data.horizons)
     prices, sector_column = priced_rows(store, cfg.data.sector_level)
+    # Only these are read from here on: the store's own copy of the bars (~0.7 GB at 10M rows) is freed.
+    index, listed_info = store.index, store.listed_info
+    source = {
+        "raw_dir": str(raw_dir),
+        "raw_kind": store.manifest.get("kind"),
+        "raw_created_at": store.manifest.get("created_at"),
+    }
+    del store
     closes = prices.select("date", "code", "sector", "close")
     panel, groups = compute_features(
         prices,
-        store.index,
+        index,
         normalization=cfg.features.normalization,
         clip=cfg.features.clip,
         progress=progress,
     )
     del prices
     say("labels")
-    labels = build_labels(closes, store.index, horizons)
+    labels = build_labels(closes, index, horizons)
     del closes
     stocks = (
         panel.select("code", "sector")
         .unique("code")
         .sort("code")
-        .join(store.listed_info.select("code", "market").unique("code"), on="code", how="left")
+        .join(listed_info.select("code", "market").unique("code"), on="code", how="left")
         .with_columns(
             stock_id=pl.int_range(pl.len(), dtype=pl.Int32),
             sector_id=(pl.col("sector").rank("dense").fill_null(0)).cast(pl.Int32),
@@ -289,7 +288,7 @@ def build_dataset(
     names = label_names(horizons)
     model_features = [n for group in groups.values() for n in group]
     say("counting rows that can never be a sample")
-    excluded = exclusion_reasons(panel, labels, groups, names["target"], store.index["date"])
+    excluded = exclusion_reasons(panel, labels, groups, names["target"], index["date"])
     flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
     features = panel.select("date", "code", *model_features, *flags)
     del panel
@@ -310,11 +309,7 @@ def build_dataset(
     say("writing the dataset")
     manifest = {
         "kind": "dataset",
-        "source": {
-            "raw_dir": str(raw_dir),
-            "raw_kind": store.manifest.get("kind"),
-            "raw_created_at": store.manifest.get("created_at"),
-        },
+        "source": source,
         "horizons": horizons,
         "warmup_days": WARMUP_DAYS,
         "sector_level": cfg.data.sector_level,

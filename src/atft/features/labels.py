@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from atft.features.cross_section import cs_rank
+from atft.features.cross_section import cs_rank, date_major
 
 LABEL_PREFIXES = ("target_", "label_end_")
 
@@ -49,45 +49,45 @@ def build_labels(panel: pl.DataFrame, index: pl.DataFrame, horizons: list[int]) 
     missing rows push its label end later), so no variant reads past the label window it is masked by.
     """
     names = label_names(horizons)
-    idx_close = index.select("date", idx_close=pl.col("close"))
-    out = panel.select(
-        "date",
-        "code",
-        "sector",
-        pl.col("close"),
-        *[
-            (pl.col("close").shift(-h) / pl.col("close") - 1).over("code").alias(f"target_{h}d")
-            for h in horizons
-        ],
-        *[pl.col("date").shift(-h).over("code").alias(f"label_end_{h}d") for h in horizons],
-    ).join(idx_close, on="date", how="left", maintain_order="left")
-    for h in horizons:
-        end = f"label_end_{h}d"
-        out = (
-            out.join(
-                idx_close.rename({"date": end, "idx_close": "idx_close_end"}),
-                on=end,
-                how="left",
-                maintain_order="left",
-            )
-            .with_columns(
-                (pl.col(f"target_{h}d") - (pl.col("idx_close_end") / pl.col("idx_close") - 1)).alias(
-                    f"target_{h}d_excess"
-                )
-            )
-            .drop("idx_close_end")
+    if not panel["code"].is_sorted():  # each stock's rows must be contiguous, in date order
+        panel = panel.sort("code", maintain_order=True)
+    # The panel is sorted by (code, date), so a stock's h-th next row is h rows down when that row is
+    # still the same stock: a shift, not a window per stock.
+    same_stock = {h: pl.col("code").shift(-h) == pl.col("code") for h in horizons}
+
+    def ahead(x: pl.Expr, h: int) -> pl.Expr:
+        return pl.when(same_stock[h]).then(x.shift(-h))
+
+    calendar = panel["date"].unique().sort()
+    # Position of the row's date in the calendar: a label is on time when its end is h positions later.
+    day = pl.lit(calendar).search_sorted(pl.col("date")).cast(pl.Int32)
+    close, idx_close = pl.col("close"), pl.col("idx_close")
+    out = (
+        panel.select("date", "code", "sector", "close")
+        .join(index.select("date", idx_close=pl.col("close")), on="date", how="left", maintain_order="left")
+        .with_columns(_day=day)
+        .with_columns(
+            *[(ahead(close, h) / close - 1).alias(t) for h, t in zip(horizons, names["target"], strict=True)],
+            *[ahead(pl.col("date"), h).alias(f"label_end_{h}d") for h in horizons],
+            # The index return between the same two dates: the index close of the stock's h-th next row.
+            *[(ahead(idx_close, h) / idx_close - 1).alias(f"_idx_ret_{h}") for h in horizons],
+            *[(ahead(pl.col("_day"), h) == pl.col("_day") + h).alias(f"_on_time_{h}") for h in horizons],
         )
+        .with_columns(
+            *[
+                (pl.col(t) - pl.col(f"_idx_ret_{h}")).alias(f"{t}_excess")
+                for h, t in zip(horizons, names["target"], strict=True)
+            ]
+        )
+        .drop("close", "idx_close", "_day", *[f"_idx_ret_{h}" for h in horizons])
+    )
+    out = date_major(out)
     # The cross-sectional variants mix several stocks' labels, so each may only use labels that end
     # when the calendar's h-th next day closes: a stock with missing rows ends later, and its label
     # would carry information from past a segment's end into its peers' ranks and residuals.
-    calendar = out.select(pl.col("date").unique().sort())
-    calendar = calendar.with_columns(
-        *[pl.col("date").shift(-h).alias(f"_calendar_end_{h}") for h in horizons]
-    )
-    out = out.sort("date", "code").join(calendar, on="date", how="left", maintain_order="left")
     in_sector = pl.col("sector").is_not_null()
     on_time = {
-        t: pl.when(pl.col(f"label_end_{h}d") == pl.col(f"_calendar_end_{h}")).then(pl.col(t))
+        t: pl.when(pl.col(f"_on_time_{h}")).then(pl.col(t))
         for h, t in zip(horizons, names["target"], strict=True)
     }
     out = out.with_columns(

@@ -2,15 +2,16 @@
 
 ``market_features`` runs on the index table alone (sorted by date) and is joined to the stock panel on
 date, so every stock reads the same market value on a date. ``stock_vs_market`` then runs per stock
-(``.over("code")``) on the joined panel: ``mkt_ret_1d`` there is the market return of the same date, so
-``beta_60d`` is the regression of the stock's daily return on the same-day market return.
+on the joined panel, like the features of ``technical`` (after ``stock_market_windows``): ``mkt_ret_1d``
+there is the market return of the same date, so ``beta_60d`` is the regression of the stock's daily return
+on the same-day market return.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from atft.features.technical import ret
+from atft.features.technical import lag, ret, rolling
 
 m = pl.col("close")
 mkt = pl.col("mkt_ret_1d")
@@ -18,6 +19,7 @@ mkt = pl.col("mkt_ret_1d")
 # Regime thresholds: a 10% fall from the running peak is a correction; volatility is "high" when the
 # last month's is above the last quarter's.
 DRAWDOWN_REGIME = -0.10
+REGRESSION_WINDOW = 60
 
 
 def market_features(index: pl.DataFrame) -> pl.DataFrame:
@@ -41,16 +43,27 @@ def market_features(index: pl.DataFrame) -> pl.DataFrame:
 
 
 def _stock_return(w: int) -> pl.Expr:
-    return pl.col("close") / pl.col("close").shift(w) - 1
+    return pl.col("close") / lag(pl.col("close"), w) - 1
+
+
+def stock_market_windows() -> dict[str, pl.Expr]:
+    """The 60-day means the regression on the market reads, once each (see ``technical.windows``)."""
+    w = REGRESSION_WINDOW
+    return {
+        "_mean_r": rolling(ret, w, "mean"),
+        "_mean_m": rolling(mkt, w, "mean"),
+        "_mean_rm": rolling(ret * mkt, w, "mean"),
+        "_mean_mm": rolling(mkt * mkt, w, "mean"),
+        "_mean_rr": rolling(ret * ret, w, "mean"),
+    }
 
 
 def stock_vs_market() -> dict[str, pl.Expr]:
     """Beta, alpha, correlation and idiosyncratic share of risk over 60 days; strength relative to the market."""
-    w = 60
-    mean_r, mean_m = ret.rolling_mean(w), mkt.rolling_mean(w)
-    cov = (ret * mkt).rolling_mean(w) - mean_r * mean_m
-    var_m = (mkt * mkt).rolling_mean(w) - mean_m * mean_m
-    var_r = (ret * ret).rolling_mean(w) - mean_r * mean_r
+    mean_r, mean_m = pl.col("_mean_r"), pl.col("_mean_m")
+    cov = pl.col("_mean_rm") - mean_r * mean_m
+    var_m = pl.col("_mean_mm") - mean_m * mean_m
+    var_r = pl.col("_mean_rr") - mean_r * mean_r
     beta = cov / var_m
     corr = cov / (var_m * var_r).sqrt()
     return {
