@@ -24,6 +24,7 @@ from atft.data.store import (
     PRICE_SCHEMA,
     StoreError,
     conform,
+    first_line,
     read_manifest,
     write_store,
 )
@@ -100,12 +101,6 @@ def _existing(path: str | Path, what: str) -> Path:
     return p
 
 
-def _first_line(e: Exception) -> str:
-    """The first line of an exception's message (polars appends pages of context), or its type."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _reserved_renames(columns: list[str]) -> dict[str, str]:
     """Input column -> free ``input_`` name, for each input column named like one the importer adds.
 
@@ -159,7 +154,7 @@ def _read_file(file: Path) -> tuple[pl.DataFrame, int, dict[str, str]]:
     except pl.exceptions.NoDataError:
         raise DataImportError(f"{file} is empty") from None
     except pl.exceptions.PolarsError as e:
-        raise DataImportError(f"{file} cannot be read: {_first_line(e)}") from e
+        raise DataImportError(f"{file} cannot be read: {first_line(e)}") from e
     except OSError as e:  # no permission, a folder named like a file, ...
         raise DataImportError(f"{file} cannot be read: {e.strerror or e}") from None
     if df.height == 0:
@@ -657,7 +652,7 @@ def _naming(path: str | Path) -> Iterator[None]:
         yield
     except pl.exceptions.PolarsError as e:
         name = Path(path).expanduser().resolve()
-        raise DataImportError(f"{name} cannot be imported: {type(e).__name__}: {_first_line(e)}") from e
+        raise DataImportError(f"{name} cannot be imported: {type(e).__name__}: {first_line(e)}") from e
 
 
 def import_market(

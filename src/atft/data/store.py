@@ -31,7 +31,7 @@ import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -454,10 +454,21 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """The first line of an exception's message (polars appends pages of context), or its type."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on a hidden sibling of ``path`` (``.<name>.tmp-<pid>``), then rename it over ``path``
+    (atomic on one disk): a reader sees the old file or the whole new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _table_entry_problem(name: str, info: Any) -> str | None:
@@ -539,7 +550,7 @@ class RawStore:
             try:
                 df = pl.read_parquet(f, glob=False)
             except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
-                raise _damaged(f, manifest, f"its data cannot be read: {_first_line(e)}") from e
+                raise _damaged(f, manifest, f"its data cannot be read: {first_line(e)}") from e
             missing = [c for c in REQUIRED_COLUMNS.get(name, ()) if c not in df.columns]
             if missing:
                 raise StoreError(f"{f} lacks column(s) {', '.join(missing)}; it has {', '.join(df.columns)}")
@@ -569,7 +580,7 @@ def raw_calendar(path: str | Path) -> np.ndarray:
     try:
         dates = pl.scan_parquet(file, glob=False).select(pl.col("date").cast(pl.Date)).unique().collect()
     except pl.exceptions.PolarsError as e:
-        raise StoreError(f"{file}: cannot read its date column ({_first_line(e)})") from None
+        raise StoreError(f"{file}: cannot read its date column ({first_line(e)})") from None
     calendar = np.unique(dates.get_column("date").drop_nulls().to_numpy().astype("datetime64[D]"))
     if len(calendar) == 0:
         raise StoreError(f"{file}: has no dates")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from atft.data.store import StoreError, read_manifest, write_store
+from atft.data.store import StoreError, atomic_write, first_line, read_manifest, write_store
 from atft.features.labels import LABEL_PREFIXES
 
 FORBIDDEN_PREFIXES = (*LABEL_PREFIXES, "oracle_")
@@ -176,7 +176,7 @@ class DatasetFolder:
         try:
             return read(path)
         except (pl.exceptions.PolarsError, OSError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise DatasetError(f"{path} is damaged ({reason[:160]}); {DAMAGED_HINT}") from None
 
     def calendar(self) -> np.ndarray:
@@ -242,22 +242,18 @@ class DatasetFolder:
                     return array.view(np.ndarray)  # a plain array over the map (the map stays open)
                 reason = f"shape {array.shape} {array.dtype}, expected {shape} float32"
             except (ValueError, OSError, EOFError) as e:
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
             warnings.warn(f"{path} is damaged ({reason[:160]}); rebuilding it from the tables", stacklevel=2)
             path.unlink(missing_ok=True)
         array = np.empty(shape, dtype=np.float32)
         fill(array)
         # Scattered in memory, then written in one sequential pass: scattering into the mapped file itself
         # would dirty every page once per column block, and the kernel throttles such writers (10x slower).
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             path.parent.mkdir(exist_ok=True)
             self._prune_cache()
-            with open(tmp, "wb") as out:
-                np.save(out, array)
-            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+            atomic_write(path, _writer(np.save, array))
         except OSError:  # a folder we may not write to: keep the array built in memory
-            tmp.unlink(missing_ok=True)
             return array
         del array  # from here on the pages belong to the page cache, which may drop and re-read them
         return np.load(path, mmap_mode="c").view(np.ndarray)
@@ -276,16 +272,13 @@ class DatasetFolder:
 
     def save_cached(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         """Write ``arrays`` to the cached ``.npz`` file atomically; a folder not writable is left alone."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             if not path.parent.is_dir():  # the first file of its kind: the time to clear out stale ones
                 path.parent.mkdir(parents=True)
                 self._prune_cache()
-            with open(tmp, "wb") as out:
-                np.savez(out, **arrays)
-            os.replace(tmp, path)
+            atomic_write(path, _writer(np.savez, **arrays))
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
 
     def _prune_cache(self) -> None:
         """Delete cache entries of other stamps (they can never be read again) and temporary files that
@@ -302,6 +295,17 @@ class DatasetFolder:
                 shutil.rmtree(entry, ignore_errors=True)
             elif stale:
                 entry.unlink(missing_ok=True)
+
+
+def _writer(save: Callable[..., None], *args: Any, **kwargs: Any) -> Callable[[Path], None]:
+    """A writer for ``atomic_write`` that calls ``save(file, ...)`` on an open file: given a file name,
+    numpy would append ``.npy`` / ``.npz`` to the temporary name."""
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as out:
+            save(out, *args, **kwargs)
+
+    return write
 
 
 def _alive(pid: int) -> bool:

@@ -30,9 +30,10 @@ import torch
 from omegaconf import OmegaConf
 
 from atft.config import ATFTConfig, ConfigError, load_config
+from atft.data.store import atomic_write, first_line
 from atft.features.dataset import DatasetFolder
 from atft.training.module import ForecastModule
-from atft.training.run_folder import RunFolder, atomic_write
+from atft.training.run_folder import RunFolder
 
 FORMAT = "atft-bundle"
 VERSION = 1
@@ -197,7 +198,7 @@ class ModelBundle:
             EOFError,
             OSError,
         ) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise BundleError(
                 f"{path} is damaged or not an ATFT bundle ({reason}): write it again with `atft bundle`"
             ) from None

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from atft.config import ATFTConfig, ConfigError, load_config
+from atft.data.store import atomic_write, first_line
 from atft.evaluation.evaluate import EvaluationResult, json_ready
 
 SPLITS = ("train", "valid", "test")
@@ -424,18 +424,7 @@ def _read_parquet(path: Path, hint: str) -> pl.DataFrame:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:160]
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on a hidden sibling of ``path``, then rename it over ``path`` (atomic on one disk)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return first_line(error)[:160]
 
 
 def atomic_text(path: Path, text: str) -> None:

@@ -89,12 +89,27 @@ class DailyList:
         return written
 
 
-def resolve_day(dates: np.ndarray, day: str, where: Path) -> np.datetime64:
-    """``latest`` (the last of ``dates``) or a ``YYYY-MM-DD`` the store has bars for."""
+def resolve_day(
+    dates: np.ndarray, index_dates: np.ndarray, day: str, raw_dir: Path
+) -> tuple[np.datetime64, str | None]:
+    """The day to score and, when ``latest`` had to step back, a note saying why.
+
+    ``latest`` is the last day with both bars (``dates``) and an index close (``index_dates``): a day without
+    its index close has incomplete market features. A ``YYYY-MM-DD`` must have both, or it is refused.
+    """
+    prices, index = raw_dir / "prices.parquet", raw_dir / "index.parquet"
     if len(dates) == 0:
-        raise NoDataForDay(f"{where} has no bars")
+        raise NoDataForDay(f"{prices} has no bars")
     if day == "latest":
-        return dates[-1]
+        complete = dates[np.isin(dates, index_dates)]
+        if len(complete) == 0:
+            raise NoDataForDay(f"{index} has no close on any day of {prices}")
+        if complete[-1] == dates[-1]:
+            return dates[-1], None
+        return complete[-1], (
+            f"the prices run to {dates[-1]} but {index} only to {index_dates.max()}: "
+            f"'latest' is {complete[-1]}, the last day with both"
+        )
     try:
         wanted = np.datetime64(dt.date.fromisoformat(day), "D")
     except ValueError:
@@ -106,8 +121,13 @@ def resolve_day(dates: np.ndarray, day: str, where: Path) -> np.datetime64:
             if len(before)
             else f"its first day is {dates[0]}"
         )
-        raise NoDataForDay(f"{where} has no bars on {wanted} ({hint}; its last day is {dates[-1]})")
-    return wanted
+        raise NoDataForDay(f"{prices} has no bars on {wanted} ({hint}; its last day is {dates[-1]})")
+    if not np.isin(wanted, index_dates):
+        raise NoDataForDay(
+            f"{index} has no close on {wanted}: the market features of that day are incomplete; "
+            "import the index up to that day first"
+        )
+    return wanted, None
 
 
 def daily_ranked_list(
@@ -128,26 +148,9 @@ def daily_ranked_list(
         raise StoreError(f"{raw_dir} has no index table; the market features need one")
     dates = np.unique(store.prices["date"].to_numpy().astype("datetime64[D]"))
     index_dates = store.index["date"].to_numpy().astype("datetime64[D]")
-    note = None
-    if day == "latest" and len(dates) and not np.isin(dates[-1], index_dates):
-        # a day without its index close cannot be scored: 'latest' is the last day that has both
-        complete = dates[np.isin(dates, index_dates)]
-        if len(complete) == 0:
-            raise NoDataForDay(
-                f"{raw_dir / 'index.parquet'} has no close on any day of {raw_dir / 'prices.parquet'}"
-            )
-        note = (
-            f"the prices run to {dates[-1]} but {raw_dir / 'index.parquet'} only to {index_dates.max()}: "
-            f"'latest' is {complete[-1]}, the last day with both"
-        )
+    target, note = resolve_day(dates, index_dates, day, raw_dir)
+    if note:
         say(note)
-        dates = dates[dates <= complete[-1]]
-    target = resolve_day(dates, day, raw_dir / "prices.parquet")
-    if not np.isin(target, index_dates):
-        raise NoDataForDay(
-            f"{raw_dir / 'index.parquet'} has no close on {target}: the market features of that day are "
-            "incomplete; import the index up to that day first"
-        )
 
     say(f"building the features up to {target} (point in time: nothing later is read)")
     cut = pl.lit(target.astype(dt.date))
