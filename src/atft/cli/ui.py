@@ -154,6 +154,28 @@ def _files_table(manifest: dict[str, Any]) -> Table:
     return files
 
 
+def _jquants_table(fetch: dict[str, Any]) -> Table:
+    """What ``atft data fetch-jquants`` fetched: per endpoint the periods fetched and reused, rows and
+    malformed records; the caption has the window, requests, retries and delisted codes."""
+    table = Table(
+        title="J-Quants fetch",
+        caption=Text(
+            f"{fetch.get('from')} .. {fetch.get('to')}, fetched {_cell(fetch.get('fetched_at'))}; "
+            f"{_cell(fetch.get('requests_made'))} requests this run, "
+            f"retries {fetch.get('retries') or 'none'}; {fetch.get('delisted_codes')} codes delisted in the "
+            f"window; skipped: {', '.join(map(str, fetch.get('skipped_endpoints') or [])) or 'none'}"
+        ),
+    )
+    for column in ("endpoint", "periods", "fetched", "reused", "rows", "malformed"):
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    endpoints = fetch.get("endpoints")
+    for name, counts in (endpoints if isinstance(endpoints, dict) else {}).items():
+        counts = counts if isinstance(counts, dict) else {}
+        keys = ("periods", "fetched", "reused", "rows", "malformed_records")
+        table.add_row(_cell(name), *[_cell(counts.get(k, "")) for k in keys])
+    return table
+
+
 def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
     """Rich tables summarizing a store manifest: overview, tables, checks and (synthetic) oracle skill.
 
@@ -187,6 +209,9 @@ def manifest_tables(manifest: dict[str, Any]) -> list[Table | Text]:
             oracle.add_column(Text(str(h)), justify="right")
         oracle.add_row(*[Text(_number(v, ".4f")) for v in oracle_ic.values()])
         out.append(oracle)
+    jquants = manifest.get("jquants")
+    if isinstance(jquants, dict):
+        out.append(_jquants_table(jquants))
     checks = manifest.get("checks")
     checks = list(_flatten(checks)) if isinstance(checks, dict) else [("checks", checks)] if checks else []
     if checks:

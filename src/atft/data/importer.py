@@ -665,8 +665,14 @@ def import_market(
     extreme_move: float = 0.25,
     overwrite: bool = False,
     progress: Callable[..., None] | None = None,
+    kind: str = "imported",
+    extra_tables: dict[str, pl.DataFrame] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Import daily prices (plus an optional index and listed info) into a raw store at ``out``.
+
+    ``kind``, ``extra_tables`` (written as they are, beside the imported ones) and ``extra_manifest``
+    (merged into the manifest) let another source (``atft data fetch-jquants``) write the same store.
 
     Every check and repair is counted in the returned manifest (also written as ``manifest.json``);
     quarantined rows go to the ``rejected_rows`` table. ``strict`` turns every repair and quarantine
@@ -738,7 +744,7 @@ def import_market(
     rejected_rows = _rejected_table([("prices", rejected), ("index", index_rejected)])
 
     manifest: dict[str, Any] = {
-        "kind": "imported",
+        "kind": kind,
         "source": {"prices": prices_source, "index": index_source, "listed_info": listed_source},
         "options": {"strict": strict, "extreme_move": extreme_move},
         "input_rows": input_rows,
@@ -755,6 +761,7 @@ def import_market(
             "extreme_moves": move_list,
             "codes_without_sector": no_sector[:MAX_NO_SECTOR],
         },
+        **(extra_manifest or {}),
     }
 
     say("writing store")
@@ -764,5 +771,6 @@ def import_market(
     tables["listed_info"] = conform(listed, "listed_info")
     if rejected_rows is not None:
         tables["rejected_rows"] = rejected_rows
+    tables |= extra_tables or {}
     path = write_store(out, tables, _jsonable(manifest), overwrite=overwrite)
     return read_manifest(path)

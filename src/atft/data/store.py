@@ -72,22 +72,110 @@ LISTED_INFO_SCHEMA: dict[str, pl.DataType] = {
     "sector33_code": pl.Int32(),
     "sector33_name": pl.String(),
 }
+# The tables below come from J-Quants (``atft data fetch-jquants``); a store may have none of them.
+# Each keeps the publication time it was released at: ``atft.features.point_in_time`` decides the first
+# trading day a row may be used on.
+STATEMENTS_SCHEMA: dict[str, pl.DataType] = {
+    "code": pl.String(),
+    "disclosed_date": pl.Date(),
+    "disclosed_time": pl.String(),  # "HH:MM:SS", exchange-local; null when the source gives none
+    "disclosure_number": pl.String(),
+    "document_type": pl.String(),
+    "period_type": pl.String(),  # 1Q, 2Q, 3Q, FY (others kept as given)
+    "period_end": pl.Date(),
+    "fiscal_year_start": pl.Date(),
+    "fiscal_year_end": pl.Date(),
+    # Results of the fiscal year to date (cumulative over its quarters), in yen.
+    "net_sales": pl.Float64(),
+    "operating_profit": pl.Float64(),
+    "ordinary_profit": pl.Float64(),
+    "profit": pl.Float64(),
+    "eps": pl.Float64(),
+    "total_assets": pl.Float64(),
+    "equity": pl.Float64(),
+    "bps": pl.Float64(),
+    # The company's forecast for the current fiscal year, and (in FY reports) for the next one.
+    "forecast_net_sales": pl.Float64(),
+    "forecast_operating_profit": pl.Float64(),
+    "forecast_ordinary_profit": pl.Float64(),
+    "forecast_profit": pl.Float64(),
+    "forecast_eps": pl.Float64(),
+    "next_forecast_net_sales": pl.Float64(),
+    "next_forecast_operating_profit": pl.Float64(),
+    "next_forecast_ordinary_profit": pl.Float64(),
+    "next_forecast_profit": pl.Float64(),
+    "next_forecast_eps": pl.Float64(),
+}
+# Trading by investor type, per market section and week, in yen (J-Quants "trades_spec").
+INVESTOR_GROUPS: tuple[str, ...] = (
+    "proprietary", "brokerage", "total", "individual", "foreign", "securities_companies",
+    "investment_trusts", "business_companies", "other_companies", "insurance_companies", "banks",
+    "trust_banks", "other_financials",
+)  # fmt: skip
+TRADES_SPEC_SCHEMA: dict[str, pl.DataType] = {
+    "published_date": pl.Date(),
+    "start_date": pl.Date(),
+    "end_date": pl.Date(),
+    "section": pl.String(),
+    **{f"{g}_{side}": pl.Float64() for g in INVESTOR_GROUPS for side in ("sell", "buy", "total", "balance")},
+}
+# Margin trading balances per stock (weekly, as of ``date``; daily from 2026-09-25), in shares.
+MARGIN_INTEREST_SCHEMA: dict[str, pl.DataType] = {
+    "published_date": pl.Date(),  # null before 2026-09-25: the source did not record it
+    "date": pl.Date(),
+    "code": pl.String(),
+    "issue_type": pl.String(),
+    "short_volume": pl.Float64(),
+    "long_volume": pl.Float64(),
+    "short_negotiable_volume": pl.Float64(),
+    "long_negotiable_volume": pl.Float64(),
+    "short_standard_volume": pl.Float64(),
+    "long_standard_volume": pl.Float64(),
+}
+# The exchange's calendar: holiday_division "1" business day, "2" half day, "0" and "3" closed for stocks.
+TRADING_CALENDAR_SCHEMA: dict[str, pl.DataType] = {"date": pl.Date(), "holiday_division": pl.String()}
+# Every listing snapshot the fetch saw (one row per code and snapshot date): delisted codes and changes
+# of market or sector stay visible here, while listed_info keeps each code's latest row.
+LISTED_HISTORY_SCHEMA: dict[str, pl.DataType] = {
+    "date": pl.Date(),
+    "code": pl.String(),
+    "name": pl.String(),
+    "market": pl.String(),
+    "scale": pl.String(),
+    "sector17_code": pl.Int32(),
+    "sector33_code": pl.Int32(),
+}
 TABLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "prices": PRICE_SCHEMA,
     "index": INDEX_SCHEMA,
     "listed_info": LISTED_INFO_SCHEMA,
+    "statements": STATEMENTS_SCHEMA,
+    "trades_spec": TRADES_SPEC_SCHEMA,
+    "margin_interest": MARGIN_INTEREST_SCHEMA,
+    "trading_calendar": TRADING_CALENDAR_SCHEMA,
+    "listed_history": LISTED_HISTORY_SCHEMA,
 }
+# The optional J-Quants tables, as RawStore attributes.
+JQUANTS_TABLES: tuple[str, ...] = (
+    "statements", "trades_spec", "margin_interest", "trading_calendar", "listed_history",
+)  # fmt: skip
 # What every reader relies on; the other canonical columns (turnover, names, sector levels) may be absent.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "prices": ("date", "code", "open", "high", "low", "close", "volume"),
     "index": ("date", "close"),
     "listed_info": ("code",),
+    "statements": ("code", "disclosed_date", "disclosed_time"),
+    "trades_spec": ("published_date", "section"),
+    "margin_interest": ("published_date", "date", "code"),
+    "trading_calendar": ("date", "holiday_division"),
+    "listed_history": ("date", "code"),
 }
 HORIZONS: tuple[int, ...] = (1, 5, 10, 20)
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # table names are file stems; no paths, no dots
 # What to run to re-create a damaged store, by its manifest kind.
 _REMAKE: dict[str, str] = {
     "imported": "re-import it with `atft data import ... --overwrite`",
+    "jquants": "re-create it with `atft data fetch-jquants ... --overwrite` (the cache makes that quick)",
     "synthetic": "re-create it with `atft data synth ... --overwrite`",
     "dataset": "rebuild it with `atft data build ... --overwrite`",
 }
@@ -529,6 +617,12 @@ class RawStore:
     index: pl.DataFrame | None
     listed_info: pl.DataFrame
     oracle: pl.DataFrame | None = None
+    # From J-Quants only (``JQUANTS_TABLES``); None where the store does not have the table.
+    statements: pl.DataFrame | None = None
+    trades_spec: pl.DataFrame | None = None
+    margin_interest: pl.DataFrame | None = None
+    trading_calendar: pl.DataFrame | None = None
+    listed_history: pl.DataFrame | None = None
 
     @classmethod
     def read(cls, path: str | Path, *, oracle: bool = True) -> RawStore:
@@ -563,6 +657,7 @@ class RawStore:
             index=table("index", False),
             listed_info=table("listed_info", True),
             oracle=table("oracle", False) if oracle else None,
+            **{name: table(name, False) for name in JQUANTS_TABLES},
         )
 
 

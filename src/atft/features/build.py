@@ -6,8 +6,11 @@ The pipeline, in the order the data flows:
 2. per-stock time-series features (``technical``, ``market.stock_vs_market``), a chunk of stocks at a time,
    then the panel reordered by (date, code);
 3. same-date sector statistics and the sector series joined back (``sector``);
-4. cross-sectional ranks of key features, then per-date normalization of every stock feature;
-5. validity flags, labels, the guard, and the manifest.
+4. cross-sectional ranks of key features;
+5. where the store has J-Quants tables, fundamentals, investor flows and margin balances, each joined as of
+   the first trading day its rows were public (``point_in_time``);
+6. per-date normalization of every stock feature;
+7. validity flags, labels, the guard, and the manifest.
 
 The format of the result is ``docs/dataset.md``; the definitions of the features ``docs/features.md``.
 """
@@ -24,12 +27,13 @@ import polars as pl
 
 from atft.config import ATFTConfig
 from atft.data.store import RawStore, StoreError
-from atft.features import technical
+from atft.features import flows, fundamentals, margin, technical
 from atft.features.cross_section import cs_rank, interleave_dates, normalize_per_date, stock_blocks
 from atft.features.dataset import DatasetFolder
-from atft.features.guard import GuardReport, check_dataset
+from atft.features.guard import GuardReport, check_dataset, per_date_features
 from atft.features.labels import build_labels, label_names
 from atft.features.market import market_features, stock_market_windows, stock_vs_market
+from atft.features.point_in_time import JQuantsSources, jquants_sources
 from atft.features.sector import sector_cross_section, sector_series, sector_series_features
 
 # The longest window of any feature (the 200-day EMA): before it is full a stock is in its warmup.
@@ -46,6 +50,9 @@ NORMALIZED_GROUPS = (
 # exactly that of ret_20d / ret_60d; raw, they keep how far the stock is ahead of the market.
 RAW_EXCESS = ("rel_strength_20d", "rel_strength_60d")
 SECTOR_COLUMN = {"sector17": "sector17_name", "sector33": "sector33_name"}
+# The J-Quants groups whose values are per stock and normalized per date like the groups above. Their
+# validity flags stay 0/1, and flows (one value per date, like the market group) stay raw.
+JQUANTS_NORMALIZED = {"fundamentals": fundamentals.FEATURES, "margin": margin.FEATURES}
 STOCK_CHUNK = 500
 
 Progress = Callable[[str], None]
@@ -135,6 +142,31 @@ def priced_rows(store: RawStore, level: str) -> tuple[pl.DataFrame, str]:
     return prices, sector_column
 
 
+def _jquants_groups(
+    panel: pl.DataFrame, sources: JQuantsSources
+) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """The J-Quants groups of the tables ``sources`` has, for the rows of ``panel`` (sorted by date) in its
+    row order, as Float32 with null where undefined, and their names by group."""
+    parts: list[pl.DataFrame] = []
+    groups: dict[str, list[str]] = {}
+    calendar = sources.calendar
+    if sources.statements is not None:
+        parts.append(fundamentals.fundamental_features(panel, sources.statements, calendar))
+        groups[fundamentals.GROUP] = [*fundamentals.FEATURES, fundamentals.FLAG]
+    if sources.trades_spec is not None:
+        # One value per date: computed on the dates, then spread to their rows.
+        per_date = flows.flow_features(panel["date"].unique().sort(), sources.trades_spec, calendar)
+        parts.append(
+            panel.select("date").join(per_date, on="date", how="left", maintain_order="left").drop("date")
+        )
+        groups[flows.GROUP] = [*flows.FEATURES, flows.FLAG]
+    if sources.margin_interest is not None:
+        parts.append(margin.margin_features(panel, sources.margin_interest, calendar))
+        groups[margin.GROUP] = [*margin.FEATURES, margin.FLAG]
+    frame = pl.concat(parts, how="horizontal") if parts else pl.DataFrame()
+    return frame.select(_defined(pl.col(n), n) for names in groups.values() for n in names), groups
+
+
 def compute_features(
     prices: pl.DataFrame,
     index: pl.DataFrame,
@@ -142,10 +174,14 @@ def compute_features(
     normalization: str | None = "robust_z",
     clip: float = 5.0,
     progress: Progress | None = None,
+    sources: JQuantsSources | None = None,
 ) -> tuple[pl.DataFrame, dict[str, list[str]]]:
     """Every feature of every (code, date) of ``prices`` (with a ``sector`` column).
 
     ``normalization`` is ``"robust_z"``, ``"z"`` (per date, see ``cross_section``) or None for raw values.
+    ``sources`` (``point_in_time.jquants_sources``) adds a group per J-Quants table it has: fundamentals,
+    flows, margin. With normalization, their nulls become 0.0 (the per-date centre) after it, and the
+    group's ``*_valid`` flag says the value was missing; None keeps them null.
 
     Returns the frame (date, code, sector, the features as Float32, the validity flags), sorted by
     (date, code), and the feature names by group.
@@ -177,8 +213,19 @@ def compute_features(
     groups["ranks"] = [f"rank_{n}" for n in RANKED]
     panel = panel.with_columns(*[cs_rank(pl.col(n)).cast(pl.Float32).alias(f"rank_{n}") for n in RANKED])
     normalized = [n for g in NORMALIZED_GROUPS for n in groups[g] if n not in RAW_EXCESS]
+    jquants: list[str] = []
+    if sources is not None:
+        say("J-Quants features, as of the day they were public")
+        extra, extra_groups = _jquants_groups(panel.select("date", "code"), sources)
+        panel = panel.with_columns(extra)
+        groups.update(extra_groups)
+        jquants = [n for names in extra_groups.values() for n in names]
+        normalized += [n for g, names in JQUANTS_NORMALIZED.items() if g in extra_groups for n in names]
     if normalization is not None:  # None: raw values, for inspection and for the reference tests
         panel = normalize_per_date(panel, normalized, normalization, clip)
+        # Many stocks lack a statement or margin row on some dates; a null would drop the whole row from
+        # training (``exclusion_reasons``). 0.0 is the date's centre; the *_valid flag says it was missing.
+        panel = panel.with_columns(pl.col(jquants).fill_null(0.0))
     flags = [f"is_valid_{w}d" for w in VALIDITY_WINDOWS]
     order = [n for names in groups.values() for n in names]
     return panel.select(
@@ -254,6 +301,9 @@ def build_dataset(
         raise StoreError(f"{raw_dir} has no index table; market features need one (import with --index)")
     horizons = list(cfg.data.horizons)
     prices, sector_column = priced_rows(store, cfg.data.sector_level)
+    # The J-Quants tables the store has (statements, trades_spec, margin_interest) and their calendar;
+    # None for a store without any, whose dataset is then what it always was.
+    sources = jquants_sources(store)
     # Only these are read from here on: the store's own copy of the bars (~0.7 GB at 10M rows) is freed.
     index, listed_info = store.index, store.listed_info
     source = {
@@ -269,8 +319,9 @@ def build_dataset(
         normalization=cfg.features.normalization,
         clip=cfg.features.clip,
         progress=progress,
+        sources=sources,
     )
-    del prices
+    del prices, sources
     say("labels")
     labels = build_labels(closes, index, horizons)
     del closes
@@ -294,11 +345,12 @@ def build_dataset(
     del panel
 
     say("guard")
+    not_ranking = per_date_features(groups)
     report: GuardReport = check_dataset(
         features,
         labels,
-        stock_features=[n for n in model_features if n not in groups["market"]],
-        market_features=groups["market"],
+        stock_features=[n for n in model_features if n not in not_ranking],
+        market_features=not_ranking,
         target_columns=dict(zip(horizons, names["target"], strict=True)),
         warm=features[f"is_valid_{WARMUP_DAYS}d"],
         max_degenerate_date_frac=cfg.features.guard.max_degenerate_date_frac,
@@ -317,7 +369,7 @@ def build_dataset(
         "normalization": {
             "method": cfg.features.normalization,
             "clip": cfg.features.clip,
-            "groups": list(NORMALIZED_GROUPS),
+            "groups": [*NORMALIZED_GROUPS, *[g for g in JQUANTS_NORMALIZED if g in groups]],
         },
         "features": groups,
         "model_features": model_features,

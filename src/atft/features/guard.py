@@ -163,6 +163,18 @@ def check_dataset(
     return report
 
 
+# Feature groups with one value per date: checked over time, like the market group, never across stocks.
+PER_DATE_GROUPS = ("market", "flows")
+
+
+def per_date_features(groups: dict[str, list[str]]) -> list[str]:
+    """The features the guard checks over time rather than across stocks: the per-date groups, and the
+    ``*_valid`` flags of the J-Quants groups, which are 1 for every stock on a day when all have data."""
+    per_date = [n for g in PER_DATE_GROUPS for n in groups.get(g, [])]
+    flags = [n for g in ("fundamentals", "margin") for n in groups.get(g, []) if n.endswith("_valid")]
+    return list(dict.fromkeys([*per_date, *flags]))
+
+
 def guard_dataset(dataset_dir: str | Path | DatasetFolder, cfg: ATFTConfig | None = None) -> GuardReport:
     """Run the guard on a dataset folder written by ``atft data build``: the check before any training.
 
@@ -171,7 +183,7 @@ def guard_dataset(dataset_dir: str | Path | DatasetFolder, cfg: ATFTConfig | Non
     limits = cfg.features.guard if cfg is not None else GuardConfig()
     folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder(dataset_dir)
     manifest = folder.manifest
-    market = list(manifest["features"]["market"])
+    market = per_date_features(manifest["features"])
     stock = [n for n in manifest["model_features"] if n not in market]
     warmup_flag = f"is_valid_{manifest['warmup_days']}d"
     targets = dict(zip(manifest["horizons"], manifest["labels"]["target"], strict=True))
