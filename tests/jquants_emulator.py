@@ -211,6 +211,7 @@ class JQuantsEmulator:
         self._data = _data(str(self.fixtures.resolve()))
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
+        self._canned: list[list] = []  # [path, when, times left, body] of answer()
         self._denied: set[str] = set()
         self._revoked = False
         self._hang_left: int | None = None
@@ -279,6 +280,12 @@ class JQuantsEmulator:
                 _Failure(path, status, times, retry_after, {k: str(v) for k, v in (when or {}).items()})
             )
 
+    def answer(self, path: str, body: dict, *, times: int = 1, when: dict | None = None) -> None:
+        """The next ``times`` requests to ``path`` (whose params include ``when``) answer 200 with ``body``
+        as it is: an empty ``data``, a body without ``data``, a ``pagination_key`` that repeats ..."""
+        with self._lock:
+            self._canned.append([path, {k: str(v) for k, v in (when or {}).items()}, times, body])
+
     def revoke_key(self) -> None:
         with self._lock:
             self._revoked = True
@@ -328,6 +335,13 @@ class JQuantsEmulator:
                     self._failures.remove(failure)
                 extra = {"Retry-After": failure.retry_after} if failure.retry_after is not None else {}
                 raise ApiError(failure.status, _reason(failure.status), extra)
+        for canned in self._canned:
+            canned_path, when, _, body = canned
+            if canned_path == path and all(params.get(k) == v for k, v in when.items()):
+                canned[2] -= 1
+                if canned[2] <= 0:
+                    self._canned.remove(canned)
+                return body
         if self._hang_left is not None and self._hang_left <= 0:
             raise ApiError(503, "Service Unavailable", {"Retry-After": "0"})
         rows = route(params)

@@ -8,8 +8,11 @@ No test here touches the internet: ``JQuantsEmulator`` binds 127.0.0.1 only.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -18,10 +21,17 @@ from jquants_emulator import CUTOFF_CASES, MALFORMED_QUOTE, JQuantsEmulator, loa
 from typer.testing import CliRunner
 
 from atft.cli.app import app
-from atft.data.jquants.cache import FetchCache
-from atft.data.jquants.client import JQuantsClient, JQuantsError, RateLimiter, RetryPolicy, api_key
-from atft.data.jquants.fetch import fetch_jquants, plan
 from atft.config import load_config
+from atft.data.jquants.cache import FetchCache
+from atft.data.jquants.client import (
+    JQuantsClient,
+    JQuantsError,
+    RateLimiter,
+    RetryPolicy,
+    api_key,
+    retry_after,
+)
+from atft.data.jquants.fetch import fetch_jquants, plan
 from atft.data.store import RawStore, StoreError
 from atft.features.guard import guard_dataset
 from atft.features.point_in_time import business_days, statement_effective_date
@@ -44,7 +54,9 @@ def _fetch(emulator, tmp: Path, name: str = "raw", cache: str = "cache", **kw) -
 
 
 def _tables(path: Path) -> dict[str, pl.DataFrame]:
-    return {f.stem: pl.read_parquet(f) for f in sorted(path.glob("*.parquet"))}
+    """The store's tables, without the importer's ``source_file`` (the path of the cache it read)."""
+    frames = {f.stem: pl.read_parquet(f) for f in sorted(path.glob("*.parquet"))}
+    return {name: frame.drop("source_file", strict=False) for name, frame in frames.items()}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +171,13 @@ def test_fetch_writes_the_canonical_store_with_the_jquants_tables(fetched):
     # The malformed record is kept out, and listed with its field and value.
     rejected = pl.read_parquet(tmp / "raw" / "rejected_records.parquet")
     row = rejected.filter(pl.col("endpoint") == "daily_quotes")
-    assert row.height == 1 and row["field"][0] == "AdjC" and row["reason"][0] == "unparseable value"
+    assert row.height == 1 and row["field"][0] == "AdjC" and row["value"][0] == "abc"
+    assert row["reason"][0] == "unparseable value, set to null"
+    # ... and the bar, now without a close, is quarantined by the importer like any partial bar.
+    quarantined = pl.read_parquet(tmp / "raw" / "rejected_rows.parquet")
+    day, code = dt.date.fromisoformat(MALFORMED_QUOTE[0]), MALFORMED_QUOTE[1][:4]
+    bar = quarantined.filter((pl.col("date") == day) & (pl.col("code") == code))
+    assert bar["reason"].to_list() == ["partial_null_ohlc"]
     assert manifest["jquants"]["malformed_records"] >= 1
     assert manifest["jquants"]["endpoints"]["daily_quotes"]["malformed_records"] == 1
 
@@ -212,24 +230,135 @@ def test_a_later_end_date_refetches_only_the_last_month(fetched, tmp_path):
     assert quote_days and all(d.startswith("2024-12") for d in quote_days)
 
 
+PATHS = {
+    "/markets/calendar": "calendar", "/equities/master": "listed", "/equities/bars/daily": "daily_quotes",
+    "/indices/bars/daily/topix": "topix", "/fins/summary": "statements",
+    "/equities/investor-types": "trades_spec", "/markets/margin-interest": "margin_interest",
+}  # fmt: skip
+
+
+def _period(hit) -> tuple[str, str]:
+    """The cache period a request belongs to: its month (per-day requests) or year (from..to requests)."""
+    day = hit.params.get("date") or hit.params["from"]
+    return PATHS[hit.path], day[:7] if "date" in hit.params else day[:4]
+
+
 def test_interrupted_fetch_resumes_where_it_stopped(fetched, tmp_path):
     tmp, _, clean_hits = fetched
     with JQuantsEmulator(api_key=KEY, page_size=3) as emulator:
         emulator.hang_after(len(clean_hits) // 2)
         with pytest.raises(JQuantsError, match="kept failing"):
             _fetch(emulator, tmp_path)
-        served_before = sum(h.status == 200 for h in emulator.requests)
         cached = FetchCache(tmp_path / "cache").summary()
         assert cached and not (tmp_path / "raw").exists()
         emulator.hang_after(None)
         emulator.requests.clear()
         manifest = _fetch(emulator, tmp_path)
-        resumed = len(emulator.requests)
-    assert 0 < resumed < len(clean_hits)
-    assert resumed + served_before >= len(clean_hits)  # at most the unfinished period is asked again
+        resumed = [_period(h) for h in emulator.requests]
+    # Exactly the requests of the periods not cached when it stopped, none of a cached one.
+    not_cached = [_period(h) for h in clean_hits if _period(h)[1] not in cached.get(_period(h)[0], {})]
+    assert 0 < len(resumed) < len(clean_hits)
+    assert sorted(resumed) == sorted(not_cached)
     assert sum(c["reused"] for c in manifest["jquants"]["endpoints"].values()) > 0
     for name, frame in _tables(tmp / "raw").items():
         assert _tables(tmp_path / "raw")[name].equals(frame), name
+
+
+def test_a_period_fetched_before_it_settled_is_fetched_again(fetched, tmp_path):
+    """A month fetched on its own last day (before the evening's bars) is not reused as if complete."""
+    tmp, _, _ = fetched
+    shutil.copytree(tmp / "cache", tmp_path / "cache")
+    manifest_file = tmp_path / "cache" / "cache.json"
+    cache = json.loads(manifest_file.read_text())
+    cache["endpoints"]["daily_quotes"]["2024-11"]["fetched_at"] = "2024-11-29T03:00:00+00:00"  # 12:00 JST
+    manifest_file.write_text(json.dumps(cache))
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        manifest = _fetch(emulator, tmp_path)
+        asked = {_period(h) for h in emulator.requests}
+    assert asked == {("daily_quotes", "2024-11")}
+    assert manifest["jquants"]["endpoints"]["daily_quotes"]["fetched"] == 1
+
+
+def test_an_empty_business_day_leaves_its_month_open_and_is_reported(tmp_path):
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        emulator.answer("/equities/bars/daily", {"data": []}, when={"date": "2024-11-15"})
+        manifest = _fetch(emulator, tmp_path)
+        quotes = manifest["jquants"]["endpoints"]["daily_quotes"]
+        assert quotes["business_days_without_data"] == ["2024-11-15"]
+        assert quotes["open_periods"] == ["2024-11"] and manifest["jquants"]["open_periods"] == 1
+        emulator.requests.clear()
+        manifest = _fetch(emulator, tmp_path, overwrite=True)  # the next run asks for that month again
+        assert {_period(h) for h in emulator.requests} == {("daily_quotes", "2024-11")}
+    assert "open_periods" not in manifest["jquants"]["endpoints"]["daily_quotes"]
+    prices = RawStore.read(tmp_path / "raw").prices
+    assert prices.filter(pl.col("date") == dt.date(2024, 11, 15)).height == 8 - 1  # all but the delisted one
+
+
+def test_a_200_without_data_is_retried_never_cached_as_empty(tmp_path):
+    sleeps: list[float] = []
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        emulator.answer("/markets/calendar", {"message": "maintenance"})
+        client = _client(emulator, sleeps)
+        assert len(client.get_mkt_calendar(from_yyyymmdd="2024-01-01", to_yyyymmdd="2024-01-31")) == 31
+        assert client.retries == {"no data": 1}
+        emulator.answer("/markets/calendar", {"message": "maintenance"}, times=10)
+        with pytest.raises(
+            JQuantsError, match=r"kept failing on /markets/calendar .*without a data list: maintenance"
+        ):
+            _fetch(emulator, tmp_path, client=client)
+    assert not (tmp_path / "cache" / "calendar").exists() or not any(
+        (tmp_path / "cache" / "calendar").iterdir()
+    )
+
+
+def test_a_repeating_pagination_key_stops_the_fetch(tmp_path):
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        page = {"data": [{"Date": "2024-01-04", "HolDiv": "1"}], "pagination_key": "again"}
+        emulator.answer("/markets/calendar", page, times=50)
+        with pytest.raises(JQuantsError, match="same pagination_key twice on /markets/calendar"):
+            _client(emulator).get_mkt_calendar(from_yyyymmdd="2024-01-01", to_yyyymmdd="2024-01-31")
+        assert emulator.count("/markets/calendar") == 2
+
+
+def test_stop_ends_a_retry_wait_at_once():
+    """Ctrl-C during a fetch calls ``stop``: a thread waiting out a long Retry-After returns at once."""
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        emulator.fail("/markets/calendar", 503, times=5, retry_after="30")
+        client = JQuantsClient(KEY, base_url=emulator.base_url, requests_per_minute=100_000)
+        errors: list[Exception] = []
+
+        def fetch() -> None:
+            try:
+                client.get_mkt_calendar(from_yyyymmdd="2024-01-01", to_yyyymmdd="2024-01-31")
+            except JQuantsError as e:
+                errors.append(e)
+
+        worker = threading.Thread(target=fetch)
+        started = time.monotonic()
+        worker.start()
+        time.sleep(0.3)
+        client.stop()
+        worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - started < 3
+    assert errors and "stopped" in str(errors[0])
+
+
+def test_retry_after_forms():
+    assert retry_after("3") == 3.0 and retry_after(" 0 ") == 0.0
+    assert retry_after(None) is None and retry_after("soon") is None and retry_after("nan") is None
+    later = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120), usegmt=True)
+    assert 100 < retry_after(later) <= 120
+    with pytest.raises(ValueError, match="--max-retries must be 0 or more"):
+        RetryPolicy(max_retries=-1)
+
+
+def test_a_key_with_control_characters_is_refused_without_echoing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("JQUANTS_API_KEY", "secret-part-1\nsecret-part-2")
+    with pytest.raises(JQuantsError) as caught:
+        api_key(None)
+    assert "secret" not in str(caught.value) and "spaces or control characters" in str(caught.value)
+    with pytest.raises(JQuantsError, match="refusing to send the API key over plain http to example.com"):
+        JQuantsClient(KEY, base_url="http://example.com/v2")
 
 
 def test_a_damaged_cache_manifest_is_one_line_error(tmp_path):
@@ -247,7 +376,7 @@ def test_plan_asks_margin_weekly_then_daily_and_statements_every_day():
     days = [dt.date(2026, 9, 14) + dt.timedelta(days=i) for i in range(21)]
     days = [d for d in days if d.weekday() < 5]
     margin = [c for p in plan("margin_interest", days[0], days[-1], days) for c in p.calls]
-    asked = [dt.date.fromisoformat(kw["date_yyyymmdd"]) for _, kw in margin]
+    asked = [dt.date.fromisoformat(params["date"]) for _, params in margin]
     assert asked == [dt.date(2026, 9, 18), *[d for d in days if d >= dt.date(2026, 9, 25)]]
     statements = [c for p in plan("statements", days[0], days[-1], days) for c in p.calls]
     assert len(statements) == (days[-1] - days[0]).days + 1  # weekends too

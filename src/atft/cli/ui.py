@@ -155,8 +155,9 @@ def _files_table(manifest: dict[str, Any]) -> Table:
 
 
 def _jquants_table(fetch: dict[str, Any]) -> Table:
-    """What ``atft data fetch-jquants`` fetched: per endpoint the periods fetched and reused, rows and
-    malformed records; the caption has the window, requests, retries and delisted codes."""
+    """What ``atft data fetch-jquants`` fetched: per endpoint the periods fetched, reused and still open (to
+    be asked again next run), rows, malformed records and business days that came back empty; the caption
+    has the window, requests, retries and delisted codes."""
     table = Table(
         title="J-Quants fetch",
         caption=Text(
@@ -166,13 +167,27 @@ def _jquants_table(fetch: dict[str, Any]) -> Table:
             f"window; skipped: {', '.join(map(str, fetch.get('skipped_endpoints') or [])) or 'none'}"
         ),
     )
-    for column in ("endpoint", "periods", "fetched", "reused", "rows", "malformed"):
+    for column in (
+        "endpoint",
+        "periods",
+        "fetched",
+        "reused",
+        "open",
+        "rows",
+        "malformed",
+        "days without data",
+    ):
         table.add_column(column, justify="left" if column == "endpoint" else "right")
     endpoints = fetch.get("endpoints")
     for name, counts in (endpoints if isinstance(endpoints, dict) else {}).items():
         counts = counts if isinstance(counts, dict) else {}
-        keys = ("periods", "fetched", "reused", "rows", "malformed_records")
-        table.add_row(_cell(name), *[_cell(counts.get(k, "")) for k in keys])
+        keys = ("periods", "fetched", "reused", "open_periods", "rows", "malformed_records")
+        cells = [counts.get(k, 0) for k in keys]
+        cells[3] = len(cells[3]) if isinstance(cells[3], list) else cells[3]  # open: their number
+        gaps = counts.get("business_days_without_data") or []
+        table.add_row(
+            _cell(name), *[_cell(c) for c in cells], _cell(", ".join(map(str, gaps)) if gaps else 0)
+        )
     return table
 
 

@@ -6,9 +6,10 @@ Layout::
     <cache>/cache.json                      {"format_version", "endpoints": {endpoint: {period: entry}}}
     <cache>/<endpoint>/<period>.parquet     the records as the API sent them, every value as text
 
-An entry is ``{"file", "from", "to", "requests", "rows", "fetched_at"}``: the dates the period's requests
-covered. A period is reused only when its entry covers exactly the dates asked now (a later ``--to``
-refetches the last, partial month) and its file opens. Files are written atomically (a temporary file
+An entry is ``{"file", "from", "to", "requests", "rows", "complete", "fetched_at"}``: the dates the
+period's requests covered, and whether every business day answered. ``covers`` says whether an entry is
+for exactly the dates asked now (a later ``--to`` refetches the last, partial month) and its file is there;
+the fetch also decides whether it is settled (``fetch._settled``). Files are written atomically (a temporary file
 renamed into place) and the entry is recorded only after its file is in place, so an interrupted fetch
 leaves complete periods and no half-written one; the next run fetches the rest.
 """
@@ -69,12 +70,22 @@ class FetchCache:
         )
 
     def write(
-        self, endpoint: str, period: str, frame: pl.DataFrame, *, start: str, end: str, requests: int
+        self,
+        endpoint: str,
+        period: str,
+        frame: pl.DataFrame,
+        *,
+        start: str,
+        end: str,
+        requests: int,
+        complete: bool = True,
     ) -> None:
         """Store one period's records (``frame``, text columns) and record it in ``cache.json``."""
         relative = f"{endpoint}/{period}.parquet"
         file = self.path / relative
         file.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.path / CACHE_MANIFEST).exists():  # first: a folder with data but no manifest is refused
+            self._write_manifest()
         atomic_write(file, lambda tmp: frame.write_parquet(tmp, compression="zstd"))
         entry = {
             "file": relative,
@@ -82,12 +93,18 @@ class FetchCache:
             "to": end,
             "requests": requests,
             "rows": frame.height,
+            "complete": complete,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         with self._lock:
             self._entries.setdefault(endpoint, {})[period] = entry
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        with self._lock:
             manifest = {"format_version": CACHE_FORMAT, "endpoints": self._entries}
             text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+            self.path.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path / CACHE_MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def read(self, endpoint: str, periods: list[str]) -> list[tuple[str, pl.DataFrame]]:

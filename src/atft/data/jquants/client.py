@@ -15,6 +15,7 @@ The API key comes from ``JQUANTS_API_KEY`` or, failing that, a ``.env`` file (:f
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import threading
 import time
@@ -44,14 +45,21 @@ class JQuantsError(ValueError):
 def api_key(env_file: str | Path | None = ".env") -> str:
     """The API key: ``JQUANTS_API_KEY`` from the environment, else from ``env_file`` (a ``.env`` file).
 
-    Raises :class:`JQuantsError` naming both places when neither has it.
+    Raises :class:`JQuantsError` naming both places when neither has it, and, without echoing it, when
+    it holds characters no HTTP header can carry (a stray newline or space would otherwise make the HTTP
+    library print the whole header, key included).
     """
     key = os.environ.get(KEY_VARIABLE, "").strip()
+    source = KEY_VARIABLE
     if not key and env_file is not None and Path(env_file).is_file():
-        key = (dotenv_values(env_file).get(KEY_VARIABLE) or "").strip()
+        key, source = (dotenv_values(env_file).get(KEY_VARIABLE) or "").strip(), str(env_file)
     if not key:
         where = f" or add {KEY_VARIABLE}=... to {env_file}" if env_file is not None else ""
         raise JQuantsError(f"no J-Quants API key: set {KEY_VARIABLE}{where}")
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise JQuantsError(
+            f"the J-Quants API key in {source} has spaces or control characters; copy it again"
+        )
     return key
 
 
@@ -59,22 +67,29 @@ def api_key(env_file: str | Path | None = ".env") -> str:
 class RetryPolicy:
     """How often and how long to wait when the server is busy (429) or failing (5xx, dropped connection).
 
-    The wait before retry k (0-based) is ``Retry-After`` when the server sends it, else
-    ``backoff * 2**k``; either is capped at ``max_wait`` seconds.
+    The wait before retry k (0-based) is the server's ``Retry-After`` when it sends one (up to
+    ``max_retry_after`` seconds: a longer request fails the fetch, naming the wait), else
+    ``backoff * 2**k`` capped at ``max_wait``.
     """
 
     max_retries: int = 6
     backoff: float = 1.0
     max_wait: float = 60.0
+    max_retry_after: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"--max-retries must be 0 or more, got {self.max_retries}")
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
-        base = retry_after if retry_after is not None else self.backoff * 2**attempt
-        return min(max(base, 0.0), self.max_wait)
+        if retry_after is not None:
+            return max(retry_after, 0.0)
+        return min(self.backoff * 2**attempt, self.max_wait)
 
 
 class RateLimiter:
     """At most ``per_minute`` requests a minute over all threads: each request takes the next free slot,
-    slots ``60 / per_minute`` seconds apart."""
+    slots ``60 / per_minute`` seconds apart. ``hold`` pushes every thread's next slot back (after a 429)."""
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         if not per_minute > 0:
@@ -86,7 +101,7 @@ class RateLimiter:
         self._next = clock()
         self._lock = threading.Lock()
 
-    def wait(self, sleep: Callable[[float], None]) -> None:
+    def wait(self, sleep: Callable[[float], object]) -> None:
         with self._lock:
             now = self._clock()
             slot = max(now, self._next)
@@ -94,17 +109,24 @@ class RateLimiter:
         if slot > now:
             sleep(slot - now)
 
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
 
-def _retry_after(response: requests.Response) -> float | None:
-    """``Retry-After`` in seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
-    value = response.headers.get("Retry-After")
-    if value is None:
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (a number of seconds or an HTTP date); None when absent or
+    unreadable (then the backoff applies)."""
+    if value is None or not value.strip():
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
-        return None if when is None else when.timestamp() - time.time()
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _message(response: requests.Response) -> str:
@@ -112,17 +134,37 @@ def _message(response: requests.Response) -> str:
     try:
         body = response.json()
         if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
+            return str(body["message"])[:200]
     except ValueError:
         pass
-    return response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason or ""
+    text = response.text.strip()
+    return text.splitlines()[0][:200] if text else response.reason or ""
+
+
+# Failures worth another try: the connection or the body broke on the way. Anything else the HTTP library
+# raises (an invalid header or URL) would fail again; it is reported by type only, since its message may
+# quote the headers, and with them the key.
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class JQuantsClient(ClientV2):
     """``ClientV2`` whose requests follow ATFT's rate limit, retry policy and error messages.
 
-    ``base_url`` replaces the official address (a loopback emulator in the tests). ``requests_made`` and
-    ``retries`` (by status) count what the client did, for the fetch manifest.
+    What ATFT uses of ``ClientV2``: the key and its header (``_base_headers``) and the paging over
+    ``pagination_key`` (``_get_paginated``), which calls ``_get`` for every page. ``_get`` is replaced
+    here. An answer is accepted only as JSON with a ``data`` list: a 200 that carries an error message, or
+    a proxy's page, is retried and then reported, never taken for an empty answer. A ``pagination_key``
+    that comes back twice in one paging sequence is an error (a server bug would otherwise loop forever).
+
+    ``base_url`` replaces the official address (a loopback emulator in the tests); plain ``http`` is
+    refused except to a loopback host, since the key travels in a header. ``requests_made`` and
+    ``retries`` (by status) count what the client did, for the fetch manifest. ``stop()`` makes every
+    thread's waits and next request end at once (Ctrl-C); ``sleep`` replaces the waiting in tests.
     """
 
     def __init__(
@@ -133,18 +175,33 @@ class JQuantsClient(ClientV2):
         requests_per_minute: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         timeout: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         super().__init__(api_key=key)
+        address = urlsplit(base_url)
+        if address.scheme not in ("https", "http") or not address.hostname:
+            raise JQuantsError(f"--base-url must be an https address, got {base_url!r}")
+        if address.scheme == "http" and address.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise JQuantsError(
+                f"refusing to send the API key over plain http to {address.hostname}; use https"
+            )
         self.JQUANTS_API_BASE = base_url.rstrip("/")
         self.retry = retry
         self.timeout = timeout
-        self._sleep = sleep
+        self._stopped = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stopped.wait
         self._limiter = RateLimiter(requests_per_minute)
-        self._local = threading.local()  # one requests.Session per thread: sessions are not thread-safe
+        self._local = threading.local()  # per thread: a requests.Session, and the paging keys seen
         self._count_lock = threading.Lock()
         self.requests_made = 0
         self.retries: Counter[str] = Counter()
+
+    def stop(self) -> None:
+        """End every wait now and refuse further requests (the fetch calls it on Ctrl-C or an error)."""
+        self._stopped.set()
+
+    def restart(self) -> None:
+        self._stopped.clear()
 
     def _thread_session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -158,24 +215,42 @@ class JQuantsClient(ClientV2):
             if retried is not None:
                 self.retries[retried] += 1
 
+    def _check_paging(self, params: dict[str, Any] | None, where: str) -> None:
+        """A paging sequence starts with a request without ``pagination_key`` (on this thread); a key that
+        comes back within it would page forever."""
+        key = (params or {}).get("pagination_key")
+        if key is None:
+            self._local.pages = set()
+            return
+        seen = getattr(self._local, "pages", set())
+        if key in seen:
+            raise JQuantsError(f"J-Quants sent the same pagination_key twice on {where}; stopping the fetch")
+        seen.add(key)
+        self._local.pages = seen
+
     def _get(self, url: str, params: dict[str, Any] | None = None) -> requests.Response:
         """One GET with the rate limit and retries; every ``ClientV2`` method (and its paging) calls this."""
         endpoint = urlsplit(url).path.removeprefix(urlsplit(self.JQUANTS_API_BASE).path) or url
         asked = " ".join(f"{k}={v}" for k, v in (params or {}).items() if k != "pagination_key")
         where = f"{endpoint}{' ' + asked if asked else ''}"
-        problem = ""
+        self._check_paging(params, where)
+        problem, wait = "", 0.0
         for attempt in range(self.retry.max_retries + 1):
+            if attempt:
+                self._sleep(wait)
+            if self._stopped.is_set():
+                raise JQuantsError(f"the fetch was stopped before {where}")
             self._limiter.wait(self._sleep)
             try:
                 response = self._thread_session().get(
                     url, params=params, headers=self._base_headers(), timeout=self.timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as e:
+            except TRANSIENT as e:
                 self._count("connection")
-                problem = f"no answer ({type(e).__name__})"
-                if attempt < self.retry.max_retries:
-                    self._sleep(self.retry.wait(attempt, None))
+                problem, wait = f"no answer ({type(e).__name__})", self.retry.wait(attempt, None)
                 continue
+            except requests.RequestException as e:
+                raise JQuantsError(f"cannot send the request for {where} ({type(e).__name__})") from None
             status = response.status_code
             if status == 401:
                 self._count()
@@ -192,14 +267,35 @@ class JQuantsClient(ClientV2):
             if status == 429 or status >= 500:
                 self._count(str(status))
                 problem = f"{status} {_message(response)}".strip()
-                if attempt < self.retry.max_retries:
-                    self._sleep(self.retry.wait(attempt, _retry_after(response)))
+                asked_wait = retry_after(response.headers.get("Retry-After"))
+                if asked_wait is not None and asked_wait > self.retry.max_retry_after:
+                    raise JQuantsError(
+                        f"J-Quants asks to wait {asked_wait:.0f} s before more requests ({problem} on "
+                        f"{where}); re-run later: what was fetched is cached"
+                    )
+                wait = self.retry.wait(attempt, asked_wait)
+                if status == 429:  # the plan's limit is shared: every thread waits, not only this one
+                    self._limiter.hold(wait)
+                continue
+            if not response.ok:
+                self._count()
+                raise JQuantsError(f"J-Quants answered {status} on {where}: {_message(response)}")
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not (isinstance(body, dict) and isinstance(body.get("data"), list)):
+                self._count("no data")
+                problem = f"{status} without a data list: {_message(response)}"
+                wait = self.retry.wait(attempt, None)
                 continue
             self._count()
-            if not response.ok:
-                raise JQuantsError(f"J-Quants answered {status} on {where}: {_message(response)}")
             return response
         raise JQuantsError(
             f"J-Quants kept failing on {where} ({problem}) after {self.retry.max_retries + 1} tries; "
             "re-run later: what was fetched is cached"
         )
+
+    def records(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every record of ``path`` for ``params``, across its pages, exactly as the API sent them."""
+        return self._get_paginated(path, params=params)

@@ -5,9 +5,10 @@ V2 answers with short names (``O``, ``AdjC``, ``DiscDate``, ``FrgnBal``...). Eac
 cached as the API sent it (every value as text), and turned into canonical columns here, at build time, so
 that a change of mapping never needs a refetch. ``docs/jquants.md`` prints the same table for users.
 
-A value that is present but does not parse (``"abc"`` for a price) makes its record *malformed*: the
-record is kept out of the store and listed, with the field and the value, in the store's
-``rejected_records`` table and counted in the manifest. Empty text is a missing value, not an error.
+A value that is present but does not parse (``"abc"`` for a price, ``"6.9"`` for a sector code) is set
+to null, and a record whose key (its date, its code ...) is missing or unparseable is left out; both are
+listed, with the field and the value, in the store's ``rejected_records`` table and counted in the
+manifest. Empty text is a missing value, not an error.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ MARGIN_INTEREST = {
     "LongStdVol": "long_standard_volume",
 }  # fmt: skip
 
-# Columns a record cannot do without: a record missing one is malformed, not merely incomplete.
+# A record's key: a record without one of these (or with one that does not parse) is left out whole.
 REQUIRED = {
     "daily_quotes": ("date", "code"),
     "topix": ("date", "close"),
@@ -98,19 +99,26 @@ def store_code(code: pl.Expr) -> pl.Expr:
 
 
 def _parse(text: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Text as ``dtype``; null where it does not parse (the caller reports those)."""
     if dtype == pl.Date():
         return text.str.slice(0, 10).str.replace_all("/", "-").str.to_date("%Y-%m-%d", strict=False)
+    if dtype.is_integer():  # a sector code of "6.9" is an error, not 6
+        number = text.cast(pl.Float64, strict=False)
+        return pl.when(number == number.floor()).then(number).cast(dtype, strict=False)
     if dtype.is_numeric():
-        return text.cast(pl.Float64, strict=False).cast(dtype, strict=False)
+        number = text.cast(pl.Float64, strict=False)
+        return pl.when(number.is_finite()).then(number)
     return text
 
 
 def canonical(raw: pl.DataFrame, endpoint: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The records of ``raw`` (text columns as cached) in canonical columns, and the malformed ones.
+    """The records of ``raw`` (text columns as cached) in canonical columns, and what did not parse.
 
+    A value that is present but does not parse is set to null and reported; a record whose key value
+    (``REQUIRED``: its date, code ...) is missing or does not parse is left out whole and reported.
     Returns (parsed, rejected): ``parsed`` has the mapped columns typed as the store's schema, codes in
-    store form; ``rejected`` has one row per malformed record (``row`` in ``raw``, the first bad
-    ``field`` by its V2 name, its ``value`` and the ``reason``).
+    store form; ``rejected`` one row per problem (``row`` in ``raw``, the ``field`` by its V2 name, its
+    ``value`` and the ``reason``: ``unparseable value, set to null`` or ``record left out: ...``).
     """
     mapping, table = MAPS[endpoint]
     schema = {**TABLE_SCHEMAS[table], **_EXTRA_TYPES}
@@ -125,33 +133,43 @@ def canonical(raw: pl.DataFrame, endpoint: str) -> tuple[pl.DataFrame, pl.DataFr
         *[t.alias(f"_text_{name}") for name, t in text.items()],
         *[p.alias(name) for name, p in parsed.items()],
     )
-    checks = []
-    for v2, name in present.items():
-        checks.append(
-            pl.when(pl.col(f"_text_{name}").is_not_null() & pl.col(name).is_null()).then(
-                pl.struct(field=pl.lit(v2), value=pl.col(f"_text_{name}"), reason=pl.lit("unparseable value"))
-            )
+    required = REQUIRED[endpoint]
+    v2_name = {name: v2 for v2, name in mapping.items()}
+    problems = [
+        frame.filter(pl.col(f"_text_{name}").is_not_null() & pl.col(name).is_null()).select(
+            row=pl.col("_row").cast(pl.Int64),
+            field=pl.lit(v2),
+            value=pl.col(f"_text_{name}"),
+            reason=pl.lit(
+                "record left out: key value unparseable"
+                if name in required
+                else "unparseable value, set to null"
+            ),
         )
-    for name in REQUIRED[endpoint]:
-        v2 = next((k for k, v in mapping.items() if v == name), name)
-        checks.append(
-            pl.when(pl.col(name).is_null() if name in parsed else pl.lit(True)).then(
-                pl.struct(
-                    field=pl.lit(v2), value=pl.lit(None, pl.String), reason=pl.lit("required value missing")
-                )
-            )
+        for v2, name in present.items()
+    ]
+    key_missing = [
+        (pl.col(f"_text_{name}").is_null() if name in parsed else pl.lit(True), v2_name.get(name, name))
+        for name in required
+    ]
+    problems += [
+        frame.filter(missing).select(
+            row=pl.col("_row").cast(pl.Int64),
+            field=pl.lit(v2),
+            value=pl.lit(None, pl.String),
+            reason=pl.lit("record left out: key value missing"),
         )
-    frame = frame.with_columns(_bad=pl.coalesce(checks) if checks else pl.lit(None))
-    rejected = (
-        frame.filter(pl.col("_bad").is_not_null())
-        .select(row=pl.col("_row").cast(pl.Int64), bad=pl.col("_bad"))
-        .unnest("bad")
+        for missing, v2 in key_missing
+    ]
+    keys_ok = pl.all_horizontal(
+        [pl.col(name).is_not_null() if name in parsed else pl.lit(False) for name in required]
     )
-    good = frame.filter(pl.col("_bad").is_null()).select(
+    good = frame.filter(keys_ok).select(
         [
             (pl.col(name) if name in parsed else pl.lit(None)).cast(dtype).alias(name)
             for name, dtype in schema.items()
             if name in mapping.values()
         ]
     )
+    rejected = pl.concat(problems).sort("row", "field", maintain_order=True)
     return good, rejected

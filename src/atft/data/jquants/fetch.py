@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import polars as pl
 
 from atft.data.importer import import_market
 from atft.data.jquants.cache import FetchCache
 from atft.data.jquants.client import OFFICIAL_BASE_URL, JQuantsClient, JQuantsError
-from atft.data.jquants.columns import canonical
+from atft.data.jquants.columns import MAPS, canonical
 from atft.data.store import atomic_write, check_target, conform
 
 # Weekly margin balances became daily with the applications of 2026-09-25.
@@ -47,13 +46,16 @@ MARGIN_DAILY_FROM = dt.date(2026, 9, 25)
 BUSINESS_DAY = ("1", "2")  # HolDiv: 1 a business day, 2 a half-day session; 0 and 3 have no stock trading
 OPTIONAL = ("statements", "trades_spec", "margin_interest")  # what --skip may leave out
 TOKYO = ZoneInfo("Asia/Tokyo")
+# A period is reused only once fetched on a later day (Tokyo) than its end plus these days: today's bars and
+# disclosures arrive in the evening, and a week's margin balances two business days after it.
+SETTLE_DAYS = {"margin_interest": 7}
 
 Progress = Callable[..., None]
 
 
 @dataclass
 class Period:
-    """One cache file's worth of requests: ``calls`` are (client method, keyword arguments) pairs."""
+    """One cache file's worth of requests: ``calls`` are (V2 path, query parameters) pairs."""
 
     endpoint: str
     name: str
@@ -80,21 +82,19 @@ def _spans(start: dt.date, end: dt.date, unit: str) -> list[tuple[str, dt.date, 
     return spans
 
 
-def _ranged(endpoint: str, method: str, start: dt.date, end: dt.date) -> list[Period]:
+def _ranged(endpoint: str, path: str, start: dt.date, end: dt.date) -> list[Period]:
     """One ``from``..``to`` request per year."""
     return [
-        Period(endpoint, name, a, b, [(method, {"from_yyyymmdd": _iso(a), "to_yyyymmdd": _iso(b)})])
+        Period(endpoint, name, a, b, [(path, {"from": _iso(a), "to": _iso(b)})])
         for name, a, b in _spans(start, end, "year")
     ]
 
 
-def _per_day(
-    endpoint: str, method: str, argument: str, days: list[dt.date], start: dt.date, end: dt.date
-) -> list[Period]:
-    """One request per day of ``days``, grouped by month."""
+def _per_day(endpoint: str, path: str, days: list[dt.date], start: dt.date, end: dt.date) -> list[Period]:
+    """One request per day of ``days`` (``date=``), grouped by month."""
     periods = []
     for name, a, b in _spans(start, end, "month"):
-        calls = [(method, {argument: _iso(d)}) for d in days if a <= d <= b]
+        calls = [(path, {"date": _iso(d)}) for d in days if a <= d <= b]
         periods.append(Period(endpoint, name, a, b, calls))
     return periods
 
@@ -102,63 +102,78 @@ def _per_day(
 def plan(endpoint: str, start: dt.date, end: dt.date, business_days: list[dt.date]) -> list[Period]:
     """The periods and requests of ``endpoint`` over ``start``..``end`` (see the module's table)."""
     if endpoint == "calendar":
-        return _ranged("calendar", "get_mkt_calendar", start, end)
+        return _ranged("calendar", "/markets/calendar", start, end)
     if endpoint == "topix":
-        return _ranged("topix", "get_idx_bars_daily_topix", start, end)
+        return _ranged("topix", "/indices/bars/daily/topix", start, end)
     if endpoint == "trades_spec":
-        return _ranged("trades_spec", "get_eq_investor_types", start, end)
+        return _ranged("trades_spec", "/equities/investor-types", start, end)
     if endpoint == "daily_quotes":
-        return _per_day("daily_quotes", "get_eq_bars_daily", "date_yyyymmdd", business_days, start, end)
+        return _per_day("daily_quotes", "/equities/bars/daily", business_days, start, end)
     if endpoint == "statements":
         every_day = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-        return _per_day("statements", "get_fin_summary_cursor", "date_yyyymmdd", every_day, start, end)
+        return _per_day("statements", "/fins/summary", every_day, start, end)
     if endpoint == "margin_interest":
         week_ends = pl.Series(business_days, dtype=pl.Date).to_frame("d")
         week_ends = (
             week_ends.group_by(week=pl.col("d").dt.truncate("1w")).agg(pl.col("d").max())["d"].to_list()
         )
         days = sorted({*week_ends, *(d for d in business_days if d >= MARGIN_DAILY_FROM)})
-        return _per_day("margin_interest", "get_mkt_margin_interest", "date_yyyymmdd", days, start, end)
+        return _per_day("margin_interest", "/markets/margin-interest", days, start, end)
     if endpoint == "listed":
         month_ends = pl.Series(business_days, dtype=pl.Date).to_frame("d")
         month_ends = (
             month_ends.group_by(month=pl.col("d").dt.truncate("1mo")).agg(pl.col("d").max())["d"].to_list()
         )
         days = sorted({*business_days[:1], *month_ends})
-        return _per_day("listed", "get_eq_master", "date", days, start, end)
+        return _per_day("listed", "/equities/master", days, start, end)
     raise ValueError(f"unknown J-Quants endpoint {endpoint!r}")
 
 
 ENDPOINTS = ("calendar", "listed", "daily_quotes", "topix", "statements", "trades_spec", "margin_interest")
 
 
-def _as_text(result: Any) -> pl.DataFrame:
-    """A client result (a pandas frame, or ``(frame, cursor)``) as a polars frame of text columns: the
-    cache keeps what the API sent, and parsing happens later (``columns.canonical``)."""
-    frame = result[0] if isinstance(result, tuple) else result
-    if frame.empty:
+def _as_text(records: list[dict[str, Any]]) -> pl.DataFrame:
+    """API records as a frame of text columns: the cache keeps what the API sent (numbers as their JSON
+    text), and parsing happens later (``columns.canonical``), so a change of parsing needs no refetch."""
+    if not records:
         return pl.DataFrame()
-    columns = {}
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            values = values.dt.strftime("%Y-%m-%d")
-        columns[name] = values.astype("string")
-    return pl.from_pandas(pd.DataFrame(columns)).cast(pl.String)
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return pl.from_dicts(records, schema=dict.fromkeys(names, pl.String()), strict=False)
 
 
-def _fetch_period(client: JQuantsClient, pool: ThreadPoolExecutor, period: Period) -> pl.DataFrame:
+def _fetch_period(
+    client: JQuantsClient, pool: ThreadPoolExecutor, period: Period
+) -> tuple[pl.DataFrame, list[str]]:
+    """The period's records, and the days whose per-day request came back empty."""
+    expected = list(MAPS[period.endpoint][0])
+
     def call(request: tuple[str, dict[str, str]]) -> pl.DataFrame:
-        method, kwargs = request
-        try:
-            return _as_text(getattr(client, method)(**kwargs))
-        except KeyError as e:  # the client selects the documented columns; one was not in the answer
+        path, params = request
+        frame = _as_text(client.records(path, params))
+        missing = [c for c in expected if c not in frame.columns]
+        if frame.height and missing:
             raise JQuantsError(
-                f"J-Quants answer for {period.endpoint} {kwargs} lacks the documented column {e}"
-            ) from None
+                f"J-Quants answer for {path} {params} lacks the documented column(s) {', '.join(missing)}"
+            )
+        return frame
 
-    frames = [f for f in pool.map(call, period.calls) if f.height]
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    frames = list(pool.map(call, period.calls))
+    empty = [
+        params["date"]
+        for (_, params), f in zip(period.calls, frames, strict=True)
+        if "date" in params and not f.height
+    ]
+    frames = [f for f in frames if f.height]
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), empty
+
+
+def _settled(entry: dict[str, Any], period: Period) -> bool:
+    """Whether a cached period can gain no more rows: complete when fetched (every business day answered)
+    and fetched (Tokyo time) on a later day than its end plus the endpoint's publication delay."""
+    fetched = dt.datetime.fromisoformat(entry["fetched_at"]).astimezone(TOKYO).date()
+    return bool(entry.get("complete")) and fetched > period.end + dt.timedelta(
+        days=SETTLE_DAYS.get(period.endpoint, 0)
+    )
 
 
 def _fetch_endpoint(
@@ -167,24 +182,36 @@ def _fetch_endpoint(
     cache: FetchCache,
     periods: list[Period],
     say: Progress,
-) -> dict[str, int]:
-    """Fetch the periods the cache does not cover; returns how many were fetched and reused."""
-    # A period reaching today (Tokyo time) may still gain rows (today's bars are published in the
-    # evening), so it is never taken from the cache.
-    today = dt.datetime.now(TOKYO).date()
-    missing = [
-        p
-        for p in periods
-        if p.end >= today or not cache.covers(p.endpoint, p.name, _iso(p.start), _iso(p.end))
-    ]
+) -> dict[str, Any]:
+    """Fetch the periods the cache does not hold settled; returns what was fetched, reused and left open."""
+    missing = []
+    for p in periods:
+        entry = cache.entry(p.endpoint, p.name)
+        if not (cache.covers(p.endpoint, p.name, _iso(p.start), _iso(p.end)) and _settled(entry, p)):
+            missing.append(p)
+    empty_days: list[str] = []
     for done, period in enumerate(missing):
         say(f"fetching {period.endpoint}", done, len(missing))
-        frame = _fetch_period(client, pool, period)
+        frame, empty = _fetch_period(client, pool, period)
+        # Every business day has quotes and a listing: an empty answer means not yet published (or
+        # a server problem), so the period stays open and the next run asks again.
+        gaps = empty if period.endpoint in ("daily_quotes", "listed") else []
+        empty_days += gaps
         cache.write(
             period.endpoint, period.name, frame, start=_iso(period.start), end=_iso(period.end),
-            requests=len(period.calls),
+            requests=len(period.calls), complete=not gaps,
         )  # fmt: skip
-    return {"periods": len(periods), "fetched": len(missing), "reused": len(periods) - len(missing)}
+    still_open = [p.name for p in periods if not _settled(cache.entry(p.endpoint, p.name), p)]
+    counts: dict[str, Any] = {
+        "periods": len(periods),
+        "fetched": len(missing),
+        "reused": len(periods) - len(missing),
+    }
+    if still_open:
+        counts["open_periods"] = still_open
+    if empty_days:
+        counts["business_days_without_data"] = sorted(empty_days)
+    return counts
 
 
 def _parsed(cache: FetchCache, endpoint: str, periods: list[Period]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -251,6 +278,7 @@ def fetch_jquants(
     endpoints = [e for e in ENDPOINTS if e not in skip]
     counts: dict[str, dict[str, int]] = {}
     requests_before = client.requests_made
+    client.restart()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jquants")
     try:
         calendar_periods = plan("calendar", start, end, [])
@@ -264,9 +292,12 @@ def fetch_jquants(
         plans = {e: plan(e, start, end, business_days) for e in endpoints if e != "calendar"}
         for endpoint, periods in plans.items():
             counts[endpoint] = _fetch_endpoint(client, pool, cache, periods, say)
+    except BaseException:
+        # Ctrl-C or an error: waits for a retry end now and queued requests are dropped, not sent. The
+        # finished periods are cached, and the next run asks for the rest.
+        client.stop()
+        raise
     finally:
-        # On Ctrl-C or an error, the period's queued requests are dropped rather than sent: the finished
-        # periods are cached, and the next run asks for the rest.
         pool.shutdown(wait=True, cancel_futures=True)
 
     say("reading the cache")
@@ -320,6 +351,7 @@ def fetch_jquants(
         "requests_made": client.requests_made - requests_before,
         "retries": dict(client.retries),
         "malformed_records": sum(c["malformed_records"] for c in counts.values()),
+        "open_periods": sum(len(c.get("open_periods", [])) for c in counts.values()),
         "delisted_codes": delisted,
         "listed_codes": listed_info.height,
     }
