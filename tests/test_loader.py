@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from atft.features.panel import DayPanel
-from atft.training.datamodule import DayDataModule, DayDataset, collate_days, recency_weights
+from atft.training.datamodule import (
+    DayDataModule,
+    DayDataset,
+    collate_days,
+    gather_windows,
+    recency_weights,
+)
+from atft.training.trainer import panel_on_device
 
 FEATURES = ["f_a", "f_b", "f_c"]
 LABELS = ["target_1d", "target_5d"]
@@ -483,3 +490,44 @@ def test_from_arrays_defaults():
     assert panel.x.dtype == np.float32 and panel.x.flags.c_contiguous and panel.horizons == [1, 2]
     assert panel.label_end[1, 4].tolist() == [5, 6] and panel.label_end[0, 9].tolist() == [-1, -1]
     assert len(panel.dates) == 10 and np.is_busday(panel.dates).all()
+
+
+# ---- the panel resident on the device ------------------------------------------------------------------
+
+
+def test_gather_windows_equals_the_host_windows(panel):
+    rng = np.random.default_rng(0)
+    days = rng.integers(L - 1, len(panel.dates), size=40)
+    stocks = rng.integers(0, panel.x.shape[0], size=40)
+    got = gather_windows(panel.x_tensor, torch.from_numpy(stocks), torch.from_numpy(days), L)
+    for r, (s, d) in enumerate(zip(stocks, days, strict=True)):
+        expected = panel.windows_for_day(int(d), np.array([s]), L)[0]  # NaN where the stock has no row
+        torch.testing.assert_close(got[r], expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_device_batches_equal_host_batches(panel):
+    """A training batch whose windows are gathered from the resident panel (``on_after_batch_transfer``)
+    is the host-built batch, key by key; the other loaders keep their windows (forecasts read them)."""
+    host, device = make_module(panel, seed=3), make_module(panel, seed=3)
+    device.panel_on_device = True
+    host.setup()
+    device.setup()
+    host_batches = list(host.train_dataloader())
+    device_batches = list(device.train_dataloader())
+    assert len(host_batches) == len(device_batches) > 1
+    for ours, theirs in zip(device_batches, host_batches, strict=True):
+        assert "x" not in ours and "window_stock" in ours
+        ours = device.on_after_batch_transfer(ours, 0)
+        assert "window_stock" not in ours
+        for key in ("x", "y", "y_mask", "stock_id", "sector_id", "day", "day_ptr", "day_index"):
+            assert torch.equal(ours[key], theirs[key]), key
+    assert "x" in next(iter(device.val_dataloader())) and "x" in next(iter(device.eval_dataloader("train")))
+
+
+def test_panel_on_device_decision(monkeypatch):
+    assert panel_on_device("on", 10**12, "cpu") and not panel_on_device("off", 1, "gpu", cuda=True)
+    assert not panel_on_device("auto", 1, "auto", cuda=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (8 * 10**9, 80 * 10**9))
+    assert panel_on_device("auto", 4 * 10**9, "auto", cuda=True)  # half the free memory fits
+    assert not panel_on_device("auto", 5 * 10**9, "gpu", cuda=True)
+    assert not panel_on_device("auto", 1, "cpu", cuda=True)  # the CPU was asked for

@@ -77,6 +77,19 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, summary
 
 
+def test_panel_on_device_trains_the_same_run(tiny_run, tiny_dataset, tmp_path):
+    """Windows gathered from the resident panel (here on the CPU) give the run the host windows give."""
+    run_dir, summary = tiny_run
+    said: list[str] = []
+    cfg = tiny_cfg("train.panel_on_device=on")
+    resident = train_run(cfg, tiny_dataset, tmp_path / "resident", say=said.append, progress_bar=False)
+    assert any("keeping the feature panel" in s for s in said)
+    ours, theirs = (pl.read_csv(d / "metrics.csv") for d in (tmp_path / "resident", run_dir))
+    for column in ("train_loss", "val_loss", "val_rankic_5d"):
+        assert ours[column].to_list() == pytest.approx(theirs[column].to_list(), rel=1e-5, abs=1e-7), column
+    assert resident["best_epoch"] == summary["best_epoch"]
+
+
 def test_run_folder_is_complete(tiny_run):
     run_dir, summary = tiny_run
     for name in ("config.yaml", "metrics.csv", "events.jsonl", "train.log", "summary.json",

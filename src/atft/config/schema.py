@@ -320,6 +320,11 @@ class TrainConfig:
     # ``compile_backend`` is torch.compile's backend ("inductor"; "aot_eager" traces without code generation).
     compile: bool = False
     compile_backend: str = "inductor"
+    # Keep the feature panel on the accelerator and gather each training batch's windows there
+    # (atft.training.datamodule): no window is built on the host or copied per batch. "auto": on a CUDA
+    # device when the panel takes at most half its free memory; "on" also on a CPU (the same gather, for
+    # tests); "off": windows built on the host and copied.
+    panel_on_device: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -151,14 +151,18 @@ class DayDataset(Dataset):
             self._day(i, out=buffer[a:b]) for i, a, b in zip(indices, starts[:-1], starts[1:], strict=True)
         ]
 
-    def _day(self, i: int, out: torch.Tensor | None) -> dict[str, Any]:
+    def _day(self, i: int, out: torch.Tensor | None, windows: bool = True) -> dict[str, Any]:
         # small per-day gathers in numpy: torch's advanced indexing costs milliseconds per call here
         day = int(self.day_index[i])
         stocks = self.stock_idx[self.day_ptr[i] : self.day_ptr[i + 1]]  # [N]
         y_mask = self.label_mask[i][stocks]  # [N, H]
         y = np.where(y_mask, self.panel.y[stocks, day], np.float32(0))  # [N, H], 0 where masked
+        if windows:
+            window = {"x": self.panel.windows_for_day(day, torch.from_numpy(stocks), self.lookback, out=out)}
+        else:  # gathered on the device from the resident panel (DayDataModule.on_after_batch_transfer)
+            window = {"window_stock": torch.from_numpy(stocks)}
         item = {
-            "x": self.panel.windows_for_day(day, torch.from_numpy(stocks), self.lookback, out=out),
+            **window,
             "y": torch.from_numpy(y),
             "y_mask": torch.from_numpy(y_mask),
             "stock_id": torch.from_numpy(self.panel.stock_id[stocks].astype(np.int64)),
@@ -193,13 +197,41 @@ class DayDataset(Dataset):
         }
 
 
+class DayIndices(Dataset):
+    """The days of a :class:`DayDataset` without their windows: each row's stock (``window_stock``) and day
+    instead, for a panel resident on the device (:meth:`DayDataModule.on_after_batch_transfer` gathers the
+    windows there). Labels, ids and graphs are served as by the dataset itself."""
+
+    def __init__(self, days: DayDataset) -> None:
+        self.days = days
+
+    def __len__(self) -> int:
+        return len(self.days)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.days._day(i, out=None, windows=False)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self.days._day(i, out=None, windows=False) for i in indices]
+
+
+def gather_windows(x: torch.Tensor, stock: torch.Tensor, day: torch.Tensor, lookback: int) -> torch.Tensor:
+    """The windows ending on ``day`` of ``stock`` (both [R]) from a panel ``x`` [S, T, F]: [R, L, F], on
+    ``x``'s device; the same values as :meth:`DayPanel.windows_for_day`."""
+    steps = torch.arange(1 - lookback, 1, device=x.device)  # [L]
+    return x[stock[:, None], day[:, None] + steps[None, :]]  # [R, L, F]
+
+
 def collate_days(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate days into one batch: rows of all days stacked, ``day`` [sum N] and ``day_ptr`` [n+1] say whose."""
     sizes = torch.tensor([len(item["stock_id"]) for item in items], dtype=torch.long)
     batch = {
         key: torch.cat([item[key] for item in items]) for key in ("y", "y_mask", "stock_id", "sector_id")
     }
-    batch["x"] = _concat_rows([item["x"] for item in items])
+    if "x" in items[0]:
+        batch["x"] = _concat_rows([item["x"] for item in items])
+    else:
+        batch["window_stock"] = torch.cat([item["window_stock"] for item in items])
     batch["day"] = torch.repeat_interleave(torch.arange(len(items)), sizes)
     batch["day_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
     batch["dates"] = [item["date"] for item in items]
@@ -298,8 +330,11 @@ class DayDataModule(L.LightningDataModule):
         graph: DayGraph | None = None,
         train_panel: DayPanel | None = None,
         recency_halflife: float = 0.0,
+        panel_on_device: bool = False,
     ) -> None:
         super().__init__()
+        self.panel_on_device = panel_on_device
+        self._resident: torch.Tensor | None = None  # the panel's features on the training device
         self.recency_halflife = float(recency_halflife)
         self.graph = graph
         self.train_panel = train_panel
@@ -343,14 +378,14 @@ class DayDataModule(L.LightningDataModule):
                     recency_halflife=self.recency_halflife if split == "train" else 0.0,
                 )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, windows_on_device: bool = False) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} split: give a {split}=(start, end) date range and call setup()")
         if len(self.datasets[split]) == 0:
             raise ValueError(f"the {split} split has no days: {self.datasets[split].summary()}")
         dataset = self.datasets[split]
         return DataLoader(
-            dataset,
+            DayIndices(dataset) if windows_on_device else dataset,
             batch_size=self.days_per_batch,
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             collate_fn=collate_days,
@@ -361,7 +396,21 @@ class DayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Only the training loop gathers on the device: the other loaders also feed forecasts made outside
+        # Lightning (``predict_frame``), which expect the windows in the batch.
+        return self._loader("train", shuffle=True, windows_on_device=self.panel_on_device)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Gather a training batch's windows from the panel resident on the batch's device (moved there once)."""
+        if "window_stock" not in batch:
+            return batch
+        stock = batch.pop("window_stock")  # [R]
+        device = stock.device
+        if self._resident is None or self._resident.device != device:
+            self._resident = self.panel.x_tensor.to(device)  # once per run; a no-op on a CPU
+        day = batch["day_index"][batch["day"]]  # [R]: each row's calendar day
+        batch["x"] = gather_windows(self._resident, stock, day, self.lookback)  # [R, L, F]
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

@@ -42,6 +42,22 @@ class Hardware:
     notes: tuple[str, ...]
 
 
+def panel_on_device(mode: str, panel_bytes: int, accelerator: str, cuda: bool | None = None) -> bool:
+    """Whether training keeps the feature panel on its device (``train.panel_on_device``).
+
+    "auto": on a CUDA device (``accelerator`` gpu or auto) when the panel takes at most half of the card's
+    free memory, the rest left to the model's activations; "on" and "off" as asked ("on" on a CPU gathers
+    the same windows there: what the tests use).
+    """
+    if mode != "auto":
+        return mode == "on"
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda or accelerator not in ("gpu", "auto"):
+        return False
+    free, _total = torch.cuda.mem_get_info()
+    return panel_bytes <= free // 2
+
+
 def resolve_hardware(trainer_cfg: TrainerConfig, cuda: bool | None = None) -> Hardware:
     """Map the config's hardware wishes onto this machine, with a message for every fallback.
 

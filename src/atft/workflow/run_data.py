@@ -20,6 +20,7 @@ from atft.features.labels import training_labels
 from atft.features.panel import DayPanel
 from atft.models.graph import DayGraphBuilder, uses_graph
 from atft.training.datamodule import DayDataModule
+from atft.training.trainer import panel_on_device
 
 Say = Callable[[str], None]
 # Graphs kept in memory when they are also cached on disk: a few batches' worth, not an epoch's (~2 MB a
@@ -107,6 +108,7 @@ def load_run_data(
         say(f"training on the {cfg.data.target} labels (data.target); scoring on the raw returns")
         train_panel = panel.with_labels(dataset, training_labels(horizons, cfg.data.target))
     split = pick_fold(splits_from_config(dataset.calendar(), cfg), fold)
+    on_device = panel_on_device(cfg.train.panel_on_device, panel.x.nbytes, cfg.train.trainer.accelerator)
     data = DayDataModule.from_split(
         panel,
         split,
@@ -118,7 +120,10 @@ def load_run_data(
         graph=day_graph(panel, cfg, dataset),
         train_panel=train_panel,
         recency_halflife=cfg.train.recency_halflife_days,
+        panel_on_device=on_device,
     )
+    if on_device:
+        say(f"keeping the feature panel ({panel.x.nbytes / 1e9:.1f} GB) on the training device")
     if cfg.train.recency_halflife_days > 0:
         say(f"weighting training days by recency: half-life {cfg.train.recency_halflife_days:g} trading days")
     if not with_test:
