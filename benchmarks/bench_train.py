@@ -62,7 +62,7 @@ def one_size(
     edge_attr = torch.rand(edge_index.shape[1], 3)
     batch = {k: v.to(device) for k, v in batch_on_cpu(stocks, days, per_day, day, horizons).items()}
     edge_index, edge_attr = edge_index.to(device), edge_attr.to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step() -> None:
         with autocast:
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=None, help="(internal) measure one size in this process")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     args = ap.parse_args()
     shape = (args.stocks, args.lookback, args.features, args.steps, args.days)
     if args.hidden is not None:
@@ -132,7 +132,7 @@ def main() -> None:
         sizes.append(json.loads(child.stdout.strip().splitlines()[-1]))
     h64 = sizes[0]["windows_per_s"]
     save_result(
-        "train" if args.device == "cpu" else f"train_{args.device}{'_bf16' if args.bf16 else ''}",
+        "train" if args.device == "cpu" and not args.bf16 else f"train_{args.device}{'_bf16' if args.bf16 else ''}",
         {
             "shape": {
                 "stocks": args.stocks,

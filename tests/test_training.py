@@ -24,7 +24,7 @@ from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard
 from atft.training.loss import MultiHorizonLoss
 from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
 from atft.training.run_folder import RunFolder
-from atft.training.trainer import resolve_hardware
+from atft.training.trainer import cpu_has_bf16, resolve_hardware
 from atft.workflow.train import train_run
 
 runner = CliRunner()
@@ -75,6 +75,18 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     summary = train_run(tiny_cfg(), tiny_dataset, run_dir, say=lambda s: None, progress_bar=False)
     return run_dir, summary
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+def test_bf16_mixed_trains_on_a_cpu_with_native_bf16(tiny_run, tiny_dataset, tmp_path):
+    """bf16-mixed on the CPU: the run trains, its losses stay finite and close to the 32-bit run's."""
+    run_dir, _ = tiny_run
+    cfg = tiny_cfg("train.trainer.precision=bf16-mixed")
+    summary = train_run(cfg, tiny_dataset, tmp_path / "bf16", say=lambda s: None, progress_bar=False)
+    assert summary["hardware"]["precision"] == "bf16-mixed"
+    ours, theirs = (pl.read_csv(d / "metrics.csv") for d in (tmp_path / "bf16", run_dir))
+    assert ours["train_loss"].is_finite().all()
+    assert ours["train_loss"].to_list() == pytest.approx(theirs["train_loss"].to_list(), rel=0.05)
 
 
 def test_panel_on_device_trains_the_same_run(tiny_run, tiny_dataset, tmp_path):
@@ -261,10 +273,13 @@ def test_learning_rate_schedules(name):
 
 def test_hardware_falls_back_with_a_clear_message():
     prod = load_config("production", env={}).cfg.train.trainer
-    hw = resolve_hardware(prod, cuda=False)
+    hw = resolve_hardware(prod, cuda=False, cpu_bf16=False)
     assert (hw.accelerator, hw.precision) == ("cpu", "32")
     assert any("bf16-mixed needs a CUDA GPU" in note for note in hw.notes)
     assert any("no CUDA device" in note for note in hw.notes)
+    native = resolve_hardware(prod, cuda=False, cpu_bf16=True)  # AVX-512 BF16 or AMX
+    assert (native.accelerator, native.precision) == ("cpu", "bf16-mixed")
+    assert any("computes bf16 natively" in note for note in native.notes)
     cpu = resolve_hardware(load_config(env={}).cfg.train.trainer, cuda=False)
     assert cpu.notes == () and cpu.precision == "32"
     ddp = resolve_hardware(

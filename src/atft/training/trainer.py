@@ -58,11 +58,19 @@ def panel_on_device(mode: str, panel_bytes: int, accelerator: str, cuda: bool | 
     return panel_bytes <= free // 2
 
 
-def resolve_hardware(trainer_cfg: TrainerConfig, cuda: bool | None = None) -> Hardware:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): bf16-mixed is then worth it there."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_hardware(
+    trainer_cfg: TrainerConfig, cuda: bool | None = None, cpu_bf16: bool | None = None
+) -> Hardware:
     """Map the config's hardware wishes onto this machine, with a message for every fallback.
 
-    bf16 and 16-bit mixed precision need CUDA here: on a CPU-only machine they fall back to 32-bit, and a
-    GPU accelerator falls back to the CPU.
+    bf16-mixed runs on a CUDA GPU, or on a CPU with native bf16 (AVX-512 BF16, AMX: about 1.3x faster a
+    step there, with bf16 rounding in the matrix products); elsewhere it falls back to 32-bit. 16-bit
+    mixed precision needs CUDA. A GPU accelerator falls back to the CPU when there is no CUDA device.
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     notes = []
@@ -71,9 +79,12 @@ def resolve_hardware(trainer_cfg: TrainerConfig, cuda: bool | None = None) -> Ha
         notes.append("train.trainer.accelerator=gpu but no CUDA device is available: training on the CPU")
         accelerator = "cpu"
     on_gpu = cuda and accelerator in ("gpu", "auto")
-    if precision != "32" and not on_gpu:
+    if precision == "bf16-mixed" and not on_gpu and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+        notes.append("train.trainer.precision=bf16-mixed on the CPU, which computes bf16 natively")
+    elif precision != "32" and not on_gpu:
         notes.append(
-            f"train.trainer.precision={precision} needs a CUDA GPU, and none is used: training in 32-bit"
+            f"train.trainer.precision={precision} needs a CUDA GPU (or, for bf16-mixed, a CPU with native "
+            "bf16), and none is used: training in 32-bit"
         )
         precision = "32"
     if precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
