@@ -1,7 +1,8 @@
 """The Lightning ``Trainer`` of a run: this machine's hardware, the guards, checkpoints and early stopping.
 
-``resolve_hardware`` maps the config's wishes onto what this machine has (bf16 on a CPU falls back to
-32-bit, with a message); ``build_trainer`` assembles the callbacks of ``atft.training.callbacks`` around the
+``resolve_hardware`` maps the config's wishes onto what this machine has (bf16 on a CPU without native
+bf16 falls back to 32-bit, with a message); ``panel_on_device`` decides whether the feature panel lives on
+the training device; ``build_trainer`` assembles the callbacks of ``atft.training.callbacks`` around the
 run folder. DDP worker processes re-run the user's command: ``is_launcher`` tells them apart.
 """
 
