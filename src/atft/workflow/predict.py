@@ -31,6 +31,7 @@ import torch
 from atft.data.store import RawStore, StoreError
 from atft.features.build import WARMUP_DAYS, compute_features, priced_rows
 from atft.features.panel import DayPanel
+from atft.features.point_in_time import jquants_sources
 from atft.models.atft_gat_fan import quantile_name
 from atft.models.graph import DayGraphBuilder, uses_graph
 from atft.training.bundle import BundleError, ModelBundle, feature_hash
@@ -162,6 +163,9 @@ def daily_ranked_list(
         store.index.filter(pl.col("date") <= cut),
         normalization=normalization["method"],
         clip=float(normalization["clip"]) if normalization["clip"] is not None else 5.0,
+        # A J-Quants store's statements, flows and margin: each row joins as of its effective date, so
+        # nothing published after the day's close reaches its features.
+        sources=jquants_sources(store),
     )
     _check_features(bundle, [n for names in groups.values() for n in names])
 
