@@ -101,6 +101,8 @@ def main() -> None:
         v["peak_rss_gb"] < TARGETS["any_stage_peak_rss_gb"] for v in measured.values()
     )
     manifest = json.loads((dataset / "manifest.json").read_text())
+    # The precision training resolved to here: bf16-mixed on a GPU or a CPU with native bf16, else 32.
+    hardware = json.loads((work / "runs" / "train_warm" / "summary.json").read_text())["hardware"]
     save_result(
         "production",
         {
@@ -111,6 +113,7 @@ def main() -> None:
             "features": len(manifest["model_features"]),
             "stages": stages,
             "training": "one full epoch" if gpu else f"{args.steps} batches of 1 day, 1 validation batch",
+            "train_precision": hardware["precision"],
             "train_overrides": train[train.index("--max-epochs") :],
             "train_env": env,
             "targets": TARGETS,
