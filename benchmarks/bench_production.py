@@ -104,7 +104,7 @@ def main() -> None:
     # The precision training resolved to here: bf16-mixed on a GPU or a CPU with native bf16, else 32.
     hardware = json.loads((work / "runs" / "train_warm" / "summary.json").read_text())["hardware"]
     save_result(
-        "production",
+        "production_gpu" if gpu else "production",
         {
             "benchmark": "production",
             "stocks": manifest["n_stocks"],
