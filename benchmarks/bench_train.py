@@ -132,7 +132,9 @@ def main() -> None:
         sizes.append(json.loads(child.stdout.strip().splitlines()[-1]))
     h64 = sizes[0]["windows_per_s"]
     save_result(
-        "train" if args.device == "cpu" and not args.bf16 else f"train_{args.device}{'_bf16' if args.bf16 else ''}",
+        "train"
+        if args.device == "cpu" and not args.bf16
+        else f"train_{args.device}{'_bf16' if args.bf16 else ''}",
         {
             "shape": {
                 "stocks": args.stocks,
