@@ -134,6 +134,7 @@ MARGIN_INTEREST_SCHEMA: dict[str, pl.DataType] = {
 }
 # The exchange's calendar: holiday_division "1" business day, "2" half day, "0" and "3" closed for stocks.
 TRADING_CALENDAR_SCHEMA: dict[str, pl.DataType] = {"date": pl.Date(), "holiday_division": pl.String()}
+BUSINESS_DIVISIONS: tuple[str, ...] = ("1", "2")  # the holiday_division values on which stocks trade
 # Every listing snapshot the fetch saw (one row per code and snapshot date): delisted codes and changes
 # of market or sector stay visible here, while listed_info keeps each code's latest row.
 LISTED_HISTORY_SCHEMA: dict[str, pl.DataType] = {
@@ -659,6 +660,12 @@ class RawStore:
             oracle=table("oracle", False) if oracle else None,
             **{name: table(name, False) for name in JQUANTS_TABLES},
         )
+
+
+def open_days(trading_calendar: pl.DataFrame) -> pl.Series:
+    """The sorted business days (``BUSINESS_DIVISIONS``) of a ``trading_calendar`` table, as Date."""
+    days = trading_calendar.filter(pl.col("holiday_division").is_in(BUSINESS_DIVISIONS))["date"]
+    return days.cast(pl.Date).drop_nulls().unique().sort()
 
 
 def raw_calendar(path: str | Path) -> np.ndarray:

@@ -15,7 +15,7 @@ import datetime as dt
 import polars as pl
 
 from atft.features.fundamentals import ratio
-from atft.features.point_in_time import as_of, published_effective_date
+from atft.features.point_in_time import as_of, in_effect, published_effective_date
 
 GROUP = "flows"
 FLAG = "flow_valid"
@@ -73,5 +73,5 @@ def flow_features(dates: pl.Series, trades_spec: pl.DataFrame, calendar: pl.Seri
     return joined.select(
         "date",
         *FEATURES,
-        **{FLAG: pl.any_horizontal(pl.col(list(RATIOS)).is_not_null()).cast(pl.Float64)},
+        **{FLAG: in_effect(RATIOS)},
     )

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 import polars as pl
 
-from atft.features.point_in_time import as_of, business_day_index, parse_time, statement_effective_date
+from atft.features.point_in_time import (
+    as_of,
+    business_day_index,
+    in_effect,
+    parse_time,
+    statement_effective_date,
+)
 
 GROUP = "fundamentals"
 FLAG = "stmt_valid"
@@ -37,9 +43,9 @@ ORDER = ["code", "effective_date", "disclosed_date", "_time", "_number", "disclo
 
 
 def ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
-    """num / den, null where either is missing, den is 0 or the result is not finite."""
+    """num / den, null where either is missing, den is 0 (x/0 is infinite, 0/0 NaN) or the result is not finite."""
     q = num / den
-    return pl.when((den != 0) & q.is_finite()).then(q)
+    return pl.when(q.is_finite()).then(q)
 
 
 def rel_change(x: pl.Expr, prev: pl.Expr) -> pl.Expr:
@@ -75,22 +81,13 @@ def _previous_year(s: pl.DataFrame) -> pl.DataFrame:
         )
         .drop_nulls(keys)
         .unique([*keys, "effective_date"], keep="last", maintain_order=True)  # the latest version that day
-        .sort("effective_date", maintain_order=True)
-        .with_columns(pl.col("effective_date").set_sorted())
     )
-    left = (
-        s.select(
-            *keys[:2],
-            pl.col("fiscal_year_end").dt.offset_by("-1y").alias("_fy"),
-            "effective_date",
-            pl.int_range(pl.len()).alias("_row"),
-        )
-        .sort("effective_date", maintain_order=True)
-        .with_columns(pl.col("effective_date").set_sorted())
-    )
+    left = s.select(*keys[:2], pl.col("fiscal_year_end").dt.offset_by("-1y").alias("_fy"), "effective_date")
+    # ``s`` is in ``ORDER`` (code, effective_date, ...), so within every ``by`` group both sides are in
+    # effective-date order, which is all join_asof needs; it keeps the left side's row order.
     joined = left.join_asof(prior, on="effective_date", by=keys, strategy="backward", check_sortedness=False)
     nothing = pl.any_horizontal(pl.col(keys).is_null())  # no period type or fiscal year: no match
-    return joined.sort("_row").select(
+    return joined.select(
         pl.when(~nothing).then("_prev_sales").alias("_prev_sales"),
         pl.when(~nothing).then("_prev_op").alias("_prev_op"),
     )
@@ -134,13 +131,13 @@ def fundamental_features(panel: pl.DataFrame, statements: pl.DataFrame, calendar
     since the statement took effect): 0 on its first day, and the log keeps a year-old statement from
     dominating the date's scale.
     """
-    joined = as_of(panel.select("date", "code"), statement_features(statements, calendar))
-    days = business_day_index(joined["date"], calendar) - business_day_index(
-        joined["effective_date"], calendar
-    )
-    valid = pl.any_horizontal(pl.col(VALUES).is_not_null())
+    kept = statement_features(statements, calendar)
+    # Calendar positions: the statements' once (a few per code), the panel's dates once.
+    kept = kept.with_columns(business_day_index(kept["effective_date"], calendar).alias("_since"))
+    joined = as_of(panel.select("date", "code"), kept)
+    days = business_day_index(joined["date"], calendar) - joined["_since"]
     return joined.with_columns(days.alias("_days")).select(
         *VALUES,
         stmt_days_since=pl.col("_days").cast(pl.Float64).log1p(),
-        **{FLAG: valid.cast(pl.Float64)},
+        **{FLAG: in_effect(VALUES)},
     )

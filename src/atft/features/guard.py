@@ -171,7 +171,7 @@ def per_date_features(groups: dict[str, list[str]]) -> list[str]:
     """The features the guard checks over time rather than across stocks: the per-date groups, and the
     ``*_valid`` flags of the J-Quants groups, which are 1 for every stock on a day when all have data."""
     per_date = [n for g in PER_DATE_GROUPS for n in groups.get(g, [])]
-    flags = [n for g in ("fundamentals", "margin") for n in groups.get(g, []) if n.endswith("_valid")]
+    flags = [n for names in groups.values() for n in names if n.endswith("_valid")]
     return list(dict.fromkeys([*per_date, *flags]))
 
 

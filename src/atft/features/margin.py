@@ -13,7 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from atft.features.fundamentals import ratio
-from atft.features.point_in_time import as_of, margin_effective_date
+from atft.features.point_in_time import as_of, in_effect, margin_effective_date
 
 GROUP = "margin"
 FLAG = "margin_valid"
@@ -33,31 +33,19 @@ def margin_rows(margin: pl.DataFrame, calendar: pl.Series) -> pl.DataFrame:
         margin.with_columns(effective_date=margin_effective_date(margin, calendar))
         .filter(pl.all_horizontal(pl.col("effective_date", "code", "date").is_not_null()))
         .with_columns(margin_long_short_ratio=ratio(pl.col("long_volume"), pl.col("short_volume")))
+        .sort("code", "date", "effective_date", maintain_order=True)
     )
     # The previous week of each row: its first published version (known before any later row).
-    first = (
-        m.sort("code", "date", "effective_date", maintain_order=True)
-        .unique(["code", "date"], keep="first", maintain_order=True)
-        .select(
-            "code",
-            "date",
-            pl.col("long_volume").alias("_prev_long"),
-            pl.col("short_volume").alias("_prev_short"),
-            pl.col("margin_long_short_ratio").alias("_prev_ratio"),
-        )
-        .sort("date", maintain_order=True)
-        .with_columns(pl.col("date").set_sorted())
+    first = m.unique(["code", "date"], keep="first", maintain_order=True).select(
+        "code",
+        "date",
+        pl.col("long_volume").alias("_prev_long"),
+        pl.col("short_volume").alias("_prev_short"),
+        pl.col("margin_long_short_ratio").alias("_prev_ratio"),
     )
-    m = (
-        m.with_columns(
-            _row=pl.int_range(pl.len()), _week_before=pl.col("date") - pl.duration(days=PREVIOUS_WEEK_DAYS)
-        )
-        .sort("_week_before", maintain_order=True)
-        .with_columns(pl.col("_week_before").set_sorted())
-        .join_asof(
-            first, left_on="_week_before", right_on="date", by="code", suffix="_prev", check_sortedness=False
-        )
-        .sort("_row")
+    # Both sides are sorted by date within each code (_week_before follows date), all join_asof needs.
+    m = m.with_columns(_week_before=pl.col("date") - pl.duration(days=PREVIOUS_WEEK_DAYS)).join_asof(
+        first, left_on="_week_before", right_on="date", by="code", suffix="_prev", check_sortedness=False
     )
     return (
         m.sort("code", "effective_date", "date", "published_date", nulls_last=False, maintain_order=True)
@@ -78,6 +66,4 @@ def margin_features(panel: pl.DataFrame, margin: pl.DataFrame, calendar: pl.Seri
     ``FEATURES`` (null without a row in effect) and ``FLAG`` (1.0 when a row is in effect with at least
     one value, else 0.0)."""
     joined = as_of(panel.select("date", "code"), margin_rows(margin, calendar))
-    return joined.select(
-        *FEATURES, **{FLAG: pl.any_horizontal(pl.col(list(FEATURES)).is_not_null()).cast(pl.Float64)}
-    )
+    return joined.select(*FEATURES, **{FLAG: in_effect(FEATURES)})

@@ -28,14 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from atft.data.store import RawStore
+from atft.data.store import RawStore, open_days
 
 # The TSE's afternoon session ends at 15:30 from this day on (15:00 before).
 CLOSE_CHANGE = dt.date(2024, 11, 5)
 CLOSE_BEFORE = dt.time(15, 0)
 CLOSE_FROM = dt.time(15, 30)
-# trading_calendar.holiday_division: "1" business day, "2" half day (stocks trade); "0", "3" closed.
-BUSINESS_DIVISIONS = ("1", "2")
 # Margin balances as of a date are released after the close of the 2nd business day after it.
 MARGIN_PUBLICATION_LAG = 2
 TIME_FORMATS = ("%H:%M:%S", "%H:%M")
@@ -88,7 +86,7 @@ def jquants_sources(store: RawStore) -> JQuantsSources | None:
 def business_days(trading_calendar: pl.DataFrame | None, price_dates: pl.Series) -> pl.Series:
     """The sorted unique business days (Date series named ``date``).
 
-    From ``trading_calendar`` (holiday_division "1" or "2") when given; price dates outside the range the
+    From ``trading_calendar`` (``store.open_days``: holiday_division "1" or "2") when given; price dates outside the range the
     calendar covers are added, so a calendar that starts later than the prices does not leave the early
     years without business days. Without a calendar, the price dates themselves.
     """
@@ -96,9 +94,8 @@ def business_days(trading_calendar: pl.DataFrame | None, price_dates: pl.Series)
     if trading_calendar is None or trading_calendar.height == 0:
         return prices.alias("date")
     covered = trading_calendar["date"].cast(pl.Date).drop_nulls()
-    open_days = trading_calendar.filter(pl.col("holiday_division").is_in(BUSINESS_DIVISIONS))["date"]
     outside = prices.filter((prices < covered.min()) | (prices > covered.max()))
-    return pl.concat([open_days.cast(pl.Date), outside]).drop_nulls().unique().sort().alias("date")
+    return pl.concat([open_days(trading_calendar), outside]).unique().sort().alias("date")
 
 
 def _days(dates: pl.Series) -> np.ndarray:
@@ -134,10 +131,8 @@ def business_day_index(dates: pl.Series, calendar: pl.Series) -> pl.Series:
 
     The difference of two positions counts the trading days between the dates.
     """
-    positions = np.searchsorted(_days(calendar), _days(dates), side="right") - 1
-    return pl.Series(dates.name, positions, dtype=pl.Int64).scatter(
-        np.flatnonzero(dates.is_null().to_numpy()), None
-    )
+    after = calendar.cast(pl.Date).search_sorted(dates.cast(pl.Date), side="right").cast(pl.Int64)
+    return (after - 1).scatter(np.flatnonzero(dates.is_null().to_numpy()), None).alias(dates.name)
 
 
 def market_close(date: pl.Expr) -> pl.Expr:
@@ -164,12 +159,7 @@ def statement_effective_date(statements: pl.DataFrame, calendar: pl.Series) -> p
         .alias("before_close")
     ).to_series()
     same_day = before_close & is_business_day(disclosed, calendar)
-    next_day = business_day_after(disclosed, calendar, 1)
-    return (
-        pl.DataFrame({"same_day": same_day, "disclosed": disclosed, "next_day": next_day})
-        .select(pl.when("same_day").then("disclosed").otherwise("next_day").alias("effective_date"))
-        .to_series()
-    )
+    return disclosed.zip_with(same_day, business_day_after(disclosed, calendar, 1)).alias("effective_date")
 
 
 def published_effective_date(published: pl.Series, calendar: pl.Series) -> pl.Series:
@@ -182,16 +172,7 @@ def margin_effective_date(margin: pl.DataFrame, calendar: pl.Series) -> pl.Serie
     null, the 3rd business day after ``date`` (published after the close of the 2nd)."""
     published = published_effective_date(margin["published_date"], calendar)
     assumed = business_day_after(margin["date"], calendar, MARGIN_PUBLICATION_LAG + 1)
-    return (
-        pl.DataFrame({"published": published, "assumed": assumed, "known": margin["published_date"]})
-        .select(
-            pl.when(pl.col("known").is_not_null())
-            .then("published")
-            .otherwise("assumed")
-            .alias("effective_date")
-        )
-        .to_series()
-    )
+    return published.zip_with(margin["published_date"].is_not_null(), assumed).alias("effective_date")
 
 
 def as_of(
@@ -213,3 +194,9 @@ def as_of(
         strategy="backward",
         check_sortedness=False,  # both sides are sorted by their date here; with ``by`` polars cannot check
     )
+
+
+def in_effect(columns: list[str] | tuple[str, ...]) -> pl.Expr:
+    """The validity flag of a joined group: 1.0 where a row is in effect with at least one of ``columns``,
+    else 0.0."""
+    return pl.any_horizontal(pl.col(list(columns)).is_not_null()).cast(pl.Float64)

@@ -211,9 +211,6 @@ class DayIndices(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.days._day(i, out=None, windows=False)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return [self.days._day(i, out=None, windows=False) for i in indices]
-
 
 def gather_windows(x: torch.Tensor, stock: torch.Tensor, day: torch.Tensor, lookback: int) -> torch.Tensor:
     """The windows ending on ``day`` of ``stock`` (both [R]) from a panel ``x`` [S, T, F]: [R, L, F], on

@@ -5,6 +5,7 @@ Layout::
 
     <cache>/cache.json                      {"format_version", "endpoints": {endpoint: {period: entry}}}
     <cache>/<endpoint>/<period>.parquet     the records as the API sent them, every value as text
+    <cache>/store_input/<table>.parquet     the canonical prices, index and listing the importer read last
 
 An entry is ``{"file", "from", "to", "requests", "rows", "complete", "fetched_at"}``: the dates the
 period's requests covered, and whether every business day answered. ``covers`` says whether an entry is
@@ -122,6 +123,14 @@ class FetchCache:
                     f"{file} is damaged ({first_line(e)}); delete it and re-run the fetch to refetch it"
                 ) from None
         return frames
+
+    def write_input(self, name: str, frame: pl.DataFrame) -> Path:
+        """Write ``store_input/<name>.parquet``, a canonical table the importer reads into the raw store, and
+        return its path (kept in the cache so that the store's manifest can name it)."""
+        file = self.path / "store_input" / f"{name}.parquet"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(file, frame.write_parquet)
+        return file
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """What is cached, for the store's manifest."""

@@ -8,13 +8,15 @@ that a change of mapping never needs a refetch. ``docs/jquants.md`` prints the s
 A value that is present but does not parse (``"abc"`` for a price, ``"6.9"`` for a sector code) is set
 to null, and a record whose key (its date, its code ...) is missing or unparseable is left out; both are
 listed, with the field and the value, in the store's ``rejected_records`` table and counted in the
-manifest. Empty text is a missing value, not an error.
+manifest. Values are parsed by the importer's parsers (``importer.PARSERS``), so empty text, NA, "-"
+and the like are missing values, as in an imported file, not errors.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from atft.data.importer import PARSERS
 from atft.data.store import INVESTOR_GROUPS, TABLE_SCHEMAS
 
 # Daily quotes: the split-adjusted bars are the store's prices (labels and returns must not jump at a
@@ -98,17 +100,9 @@ def store_code(code: pl.Expr) -> pl.Expr:
     )
 
 
-def _parse(text: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """Text as ``dtype``; null where it does not parse (the caller reports those)."""
-    if dtype == pl.Date():
-        return text.str.slice(0, 10).str.replace_all("/", "-").str.to_date("%Y-%m-%d", strict=False)
-    if dtype.is_integer():  # a sector code of "6.9" is an error, not 6
-        number = text.cast(pl.Float64, strict=False)
-        return pl.when(number == number.floor()).then(number).cast(dtype, strict=False)
-    if dtype.is_numeric():
-        number = text.cast(pl.Float64, strict=False)
-        return pl.when(number.is_finite()).then(number)
-    return text
+# The importer's value parsers, by the store column's type: J-Quants values mean what the same text means
+# in an imported file (empty, NA, "-" ... are missing; "6.9" is no sector code).
+_KIND = {pl.Date(): "optional date", pl.Int32(): "integer", pl.Float64(): "number", pl.String(): "text value"}
 
 
 def canonical(raw: pl.DataFrame, endpoint: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -123,20 +117,21 @@ def canonical(raw: pl.DataFrame, endpoint: str) -> tuple[pl.DataFrame, pl.DataFr
     mapping, table = MAPS[endpoint]
     schema = {**TABLE_SCHEMAS[table], **_EXTRA_TYPES}
     present = {v2: name for v2, name in mapping.items() if v2 in raw.columns}
-    text = {name: pl.col(v2).cast(pl.String).str.strip_chars() for v2, name in present.items()}
-    text = {name: pl.when(t != "").then(t) for name, t in text.items()}  # empty text is a missing value
-    parsed = {name: _parse(t, schema[name]) for name, t in text.items()}
+    text = {name: pl.col(v2).cast(pl.String) for v2, name in present.items()}
+    results = {name: PARSERS[_KIND[schema[name]]][0](t, pl.String()) for name, t in text.items()}
+    parsed = {name: value for name, (value, _) in results.items()}
     if "code" in parsed:
-        parsed["code"] = store_code(text["code"])
+        parsed["code"] = store_code(parsed["code"])
     frame = raw.with_row_index("_row").select(
         "_row",
         *[t.alias(f"_text_{name}") for name, t in text.items()],
+        *[bad.fill_null(False).alias(f"_bad_{name}") for name, (_, bad) in results.items()],
         *[p.alias(name) for name, p in parsed.items()],
     )
     required = REQUIRED[endpoint]
     v2_name = {name: v2 for v2, name in mapping.items()}
     problems = [
-        frame.filter(pl.col(f"_text_{name}").is_not_null() & pl.col(name).is_null()).select(
+        frame.filter(pl.col(f"_bad_{name}")).select(
             row=pl.col("_row").cast(pl.Int64),
             field=pl.lit(v2),
             value=pl.col(f"_text_{name}"),
@@ -149,7 +144,10 @@ def canonical(raw: pl.DataFrame, endpoint: str) -> tuple[pl.DataFrame, pl.DataFr
         for v2, name in present.items()
     ]
     key_missing = [
-        (pl.col(f"_text_{name}").is_null() if name in parsed else pl.lit(True), v2_name.get(name, name))
+        (
+            pl.col(name).is_null() & ~pl.col(f"_bad_{name}") if name in parsed else pl.lit(True),
+            v2_name.get(name, name),
+        )
         for name in required
     ]
     problems += [

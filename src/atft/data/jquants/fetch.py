@@ -39,11 +39,10 @@ from atft.data.importer import import_market
 from atft.data.jquants.cache import FetchCache
 from atft.data.jquants.client import OFFICIAL_BASE_URL, JQuantsClient, JQuantsError
 from atft.data.jquants.columns import MAPS, canonical
-from atft.data.store import atomic_write, check_target, conform
+from atft.data.store import check_target, conform, open_days
 
 # Weekly margin balances became daily with the applications of 2026-09-25.
 MARGIN_DAILY_FROM = dt.date(2026, 9, 25)
-BUSINESS_DAY = ("1", "2")  # HolDiv: 1 a business day, 2 a half-day session; 0 and 3 have no stock trading
 OPTIONAL = ("statements", "trades_spec", "margin_interest")  # what --skip may leave out
 TOKYO = ZoneInfo("Asia/Tokyo")
 # A period is reused only once fetched on a later day (Tokyo) than its end plus these days: today's bars and
@@ -99,6 +98,12 @@ def _per_day(endpoint: str, path: str, days: list[dt.date], start: dt.date, end:
     return periods
 
 
+def _last_of_each(days: list[dt.date], every: str) -> list[dt.date]:
+    """The last of ``days`` in each week (``"1w"``) or month (``"1mo"``)."""
+    frame = pl.Series("d", days, dtype=pl.Date).to_frame()
+    return frame.group_by(period=pl.col("d").dt.truncate(every)).agg(pl.col("d").max())["d"].to_list()
+
+
 def plan(endpoint: str, start: dt.date, end: dt.date, business_days: list[dt.date]) -> list[Period]:
     """The periods and requests of ``endpoint`` over ``start``..``end`` (see the module's table)."""
     if endpoint == "calendar":
@@ -113,18 +118,11 @@ def plan(endpoint: str, start: dt.date, end: dt.date, business_days: list[dt.dat
         every_day = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         return _per_day("statements", "/fins/summary", every_day, start, end)
     if endpoint == "margin_interest":
-        week_ends = pl.Series(business_days, dtype=pl.Date).to_frame("d")
-        week_ends = (
-            week_ends.group_by(week=pl.col("d").dt.truncate("1w")).agg(pl.col("d").max())["d"].to_list()
-        )
-        days = sorted({*week_ends, *(d for d in business_days if d >= MARGIN_DAILY_FROM)})
+        daily = (d for d in business_days if d >= MARGIN_DAILY_FROM)
+        days = sorted({*_last_of_each(business_days, "1w"), *daily})
         return _per_day("margin_interest", "/markets/margin-interest", days, start, end)
     if endpoint == "listed":
-        month_ends = pl.Series(business_days, dtype=pl.Date).to_frame("d")
-        month_ends = (
-            month_ends.group_by(month=pl.col("d").dt.truncate("1mo")).agg(pl.col("d").max())["d"].to_list()
-        )
-        days = sorted({*business_days[:1], *month_ends})
+        days = sorted({*business_days[:1], *_last_of_each(business_days, "1mo")})
         return _per_day("listed", "/equities/master", days, start, end)
     raise ValueError(f"unknown J-Quants endpoint {endpoint!r}")
 
@@ -228,10 +226,6 @@ def _parsed(cache: FetchCache, endpoint: str, periods: list[Period]) -> tuple[pl
     return pl.concat(good, how="vertical_relaxed"), pl.concat(bad, how="vertical_relaxed")
 
 
-def _business_days(calendar: pl.DataFrame) -> list[dt.date]:
-    return calendar.filter(pl.col("holiday_division").is_in(BUSINESS_DAY))["date"].sort().to_list()
-
-
 def _listed_tables(listed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """The history of listing snapshots, each code's latest row (the importer's listed_info, ``as_of`` its
     snapshot date) and how many codes left the listing before the last snapshot (delisted in the window)."""
@@ -286,7 +280,7 @@ def fetch_jquants(
         calendar, calendar_bad = _parsed(cache, "calendar", calendar_periods)
         if calendar.height == 0:
             raise JQuantsError(f"J-Quants returned no trading calendar for {start}..{end}")
-        business_days = [d for d in _business_days(calendar) if start <= d <= end]
+        business_days = [d for d in open_days(calendar).to_list() if start <= d <= end]
         if not business_days:
             raise JQuantsError(f"the trading calendar has no business day in {start}..{end}")
         plans = {e: plan(e, start, end, business_days) for e in endpoints if e != "calendar"}
@@ -317,12 +311,10 @@ def fetch_jquants(
     history, listed_info, delisted = _listed_tables(listed)
 
     # The importer reads files: the canonical inputs are kept in the cache, where the manifest names them.
-    inputs = cache.path / "store_input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, frame in (("prices", quotes), ("index", topix), ("listed_info", listed_info)):
-        files[name] = inputs / f"{name}.parquet"
-        atomic_write(files[name], lambda tmp, f=frame: f.write_parquet(tmp))
+    files = {
+        name: cache.write_input(name, frame)
+        for name, frame in (("prices", quotes), ("index", topix), ("listed_info", listed_info))
+    }
     extra = {
         "trading_calendar": conform(calendar, "trading_calendar").sort("date"),
         "listed_history": history,
