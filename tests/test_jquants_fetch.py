@@ -462,3 +462,47 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     result = runner.invoke(app, ["data", "fetch-jquants", "--from", "2024-13-01", "--to", "2024-01-31",
                                  "--out", str(tmp_path / "raw")])  # fmt: skip
     assert result.exit_code == 2 and "--from must be a date YYYY-MM-DD" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--from", "2024-02-01", "--to", "2024-01-31"], "--from 2024-02-01 is after --to 2024-01-31"),
+        (
+            ["--skip", "daily_quotes"],
+            "--skip takes statements, trades_spec, margin_interest; not daily_quotes",
+        ),
+        (["--workers", "0"], "--workers must be 1..32, got 0"),
+        (["--max-retries", "-1"], "--max-retries must be 0 or more, got -1"),
+        (["--rate-limit", "0"], "the rate limit must be a positive number of requests a minute"),
+        (["--base-url", "http://example.com/v2"], "refusing to send the API key over plain http"),
+    ],
+)
+def test_bad_options_are_one_line_errors_before_any_request(extra, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("JQUANTS_API_KEY", KEY)
+    args = [
+        "data",
+        "fetch-jquants",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-31",
+        "--out",
+        str(tmp_path / "raw"),
+    ]
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        if not any(a == "--base-url" for a in extra):
+            args += ["--base-url", emulator.base_url]
+        result = runner.invoke(app, [*args, *extra])
+        assert emulator.requests == []
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_damaged_period_file_names_itself(fetched, tmp_path):
+    tmp, _, _ = fetched
+    shutil.copytree(tmp / "cache", tmp_path / "cache")
+    (tmp_path / "cache" / "topix" / "2024.parquet").write_bytes(b"not parquet")
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        with pytest.raises(StoreError, match=r"topix/2024\.parquet is damaged .*delete it and re-run"):
+            _fetch(emulator, tmp_path)
