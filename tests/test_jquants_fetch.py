@@ -506,3 +506,13 @@ def test_a_damaged_period_file_names_itself(fetched, tmp_path):
     with JQuantsEmulator(api_key=KEY) as emulator:
         with pytest.raises(StoreError, match=r"topix/2024\.parquet is damaged .*delete it and re-run"):
             _fetch(emulator, tmp_path)
+
+
+def test_an_existing_store_needs_overwrite(fetched, tmp_path, monkeypatch):
+    tmp, _, _ = fetched
+    monkeypatch.setenv("JQUANTS_API_KEY", KEY)
+    with JQuantsEmulator(api_key=KEY) as emulator:
+        result = runner.invoke(app, ["data", "fetch-jquants", "--from", str(START), "--to", str(END),
+                                     "--out", str(tmp / "raw"), "--base-url", emulator.base_url])  # fmt: skip
+        assert emulator.requests == []
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.output, result.output
