@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from atft.config import load_config
 from atft.data.store import write_store
 from atft.data.synthetic import SynthParams, synthesize, write_synthetic
 from atft.features.build import build_dataset
+from atft.features.cross_section import interleave_dates, normalize_per_date
 from atft.features.dataset import DatasetError, read_dataset_manifest, select_features
 from atft.features.guard import DatasetGuardError, check_dataset, guard_dataset
 from atft.features.panel import DayPanel
@@ -375,3 +377,29 @@ def test_a_zero_volume_day_is_counted_with_the_features_it_voids(built, tmp_path
     assert rebuilt["rows"] == manifest["rows"]  # nothing dropped
     info = runner.invoke(app, ["data", "info", str(tmp_path / "d")])
     assert "null_feature rows by feature: " in info.output and "amihud_20d 20" in info.output
+
+
+def test_normalization_replaces_the_columns_in_the_frame_it_is_given():
+    # In place, so that the caller's reference does not keep every raw column alive beside its
+    # normalized copy (the build's peak at 10M rows: docs/feature_speed.md).
+    rng = np.random.default_rng(0)
+    dates = np.repeat(np.arange(5), 40)
+    frame = pl.DataFrame({"date": dates, "x": rng.normal(size=dates.size), "y": rng.normal(size=dates.size)})
+    raw = frame.clone()
+    out = normalize_per_date(frame, ["x"], "z", clip=5.0)
+    assert out is frame
+    assert frame["y"].equals(raw["y"])
+    x = raw["x"].to_numpy().reshape(5, 40)
+    expected = (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
+    np.testing.assert_allclose(frame["x"].to_numpy().reshape(5, 40), expected, rtol=1e-5)
+
+
+def test_interleave_dates_consumes_the_blocks():
+    blocks = [
+        pl.DataFrame({"date": [1, 1, 2, 3], "code": ["a", "b", "a", "b"], "v": [1.0, 2.0, 3.0, 4.0]}),
+        pl.DataFrame({"date": [1, 2, 2], "code": ["c", "c", "d"], "v": [5.0, 6.0, 7.0]}),
+    ]
+    expected = pl.concat(blocks).sort("date", "code")
+    out = interleave_dates(blocks)
+    assert blocks == []  # its buffers are the reorder's to free
+    assert out.equals(expected) and out["date"].flags["SORTED_ASC"]

@@ -312,7 +312,10 @@ def build_dataset(
         "raw_created_at": store.manifest.get("created_at"),
     }
     del store
-    closes = prices.select("date", "code", "sector", "close")
+    # The labels first, while memory is low: built after the features, their intermediates came on top of
+    # the whole feature panel (the build's peak).
+    say("labels")
+    labels = build_labels(prices.select("date", "code", "sector", "close"), index, horizons)
     panel, groups = compute_features(
         prices,
         index,
@@ -322,9 +325,6 @@ def build_dataset(
         sources=sources,
     )
     del prices, sources
-    say("labels")
-    labels = build_labels(closes, index, horizons)
-    del closes
     stocks = (
         panel.select("code", "sector")
         .unique("code")
