@@ -197,15 +197,14 @@ def compute_features(
     groups["market"] = [c for c in market.columns if c != "date"]
 
     say("per-stock features")
-    given = prices
-    if not prices["code"].is_sorted():  # each stock's rows must be contiguous, in date order
-        prices = prices.sort("code", maintain_order=True)
+    # Each stock's rows must be contiguous, in date order.
+    bars = prices if prices["code"].is_sorted() else prices.sort("code", maintain_order=True)
     # A few hundred stocks at a time: bounds the float64 intermediates of ~60 features on a 10M-row panel.
-    chunks = [_per_stock(stocks, market, exprs) for stocks in stock_blocks(prices, STOCK_CHUNK)]
+    chunks = [_per_stock(stocks, market, exprs) for stocks in stock_blocks(bars, STOCK_CHUNK)]
+    del bars
     if consume:
-        for name in given.columns:
-            given.drop_in_place(name)
-    del prices
+        for name in prices.columns:
+            prices.drop_in_place(name)
     say("ordering by date")
     # From here on every step is per date, and date-major order makes each date's rows contiguous
     # (cross-sectional statistics run several times faster).
