@@ -42,9 +42,11 @@ def one_size(
 
     from atft.config import load_config
     from atft.models.atft_gat_fan import ATFTGATFAN, count_parameters
+    from atft.training.allocator import keep_freed_memory
     from atft.training.loss import MultiHorizonLoss
 
     torch.set_num_threads(2)  # CI has 2 cores
+    keep_freed_memory()  # as `atft train` does before its first step
     torch.manual_seed(0)
     cfg = load_config(None, [f"model.hidden_size={hidden}"], env={}).cfg
     horizons = list(cfg.data.horizons)

@@ -30,6 +30,7 @@ from atft.evaluation.metrics import as_float, horizon_metrics, present
 from atft.features.dataset import DatasetFolder
 from atft.models.atft_gat_fan import count_parameters
 from atft.models.registry import model_label
+from atft.training.allocator import keep_freed_memory
 from atft.training.datamodule import DayDataset
 from atft.training.module import ForecastModule, predict_frame
 from atft.training.run_folder import RunFolder, RunFolderError
@@ -315,6 +316,9 @@ def train_run(
     )
     n_params = count_parameters(module.model)
     say(f"training ({n_params:,} parameters)")
+    # After the data is loaded: its one-off arrays are returned to the kernel as before; from here on the
+    # steps' activations are kept for reuse (``atft.training.allocator``).
+    keep_freed_memory()
     fit(run_trainer, module, run, folder, hardware, resume=resume)
     if run_trainer.trainer.global_rank != 0:
         return {}
