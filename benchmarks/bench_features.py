@@ -10,7 +10,7 @@ Target (Features issue 15): under 60 s wall time and under 8 GB peak memory on 2
 side by side, not against a figure from another day. It then compares the last two datasets table by
 table (``identical_output``: every column equal, nulls included; the manifests apart from
 ``created_at``). Usage: ``.venv/bin/python benchmarks/bench_features.py [--stocks N --days N | --raw DIR]
-[--before SRC --runs N]``.
+[--before SRC --runs N --before-label TEXT] [--name features]``; writes ``results/<name>.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, help="An existing raw store to build from (skips generation).")
     ap.add_argument("--before", type=Path, help="The src folder of an older package to time side by side.")
     ap.add_argument("--runs", type=int, default=1, help="Builds of each version (with --before).")
+    ap.add_argument("--before-label", help="What --before is (e.g. a commit), recorded under before.code.")
+    ap.add_argument("--name", default="features", help="results/<name>.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         raw = args.raw
@@ -131,10 +133,10 @@ def main() -> None:
         "targets": {"wall_s": WALL_S, "peak_rss_gb": PEAK_GB},
     }
     if args.before:
-        result["before"] = _median(before)
+        result["before"] = {"code": args.before_label, **_median(before)}
         result["identical_output"] = not differences
         result["differences"] = differences
-    save_result("features", result)
+    save_result(args.name, result)
     ok = result["wall_s"] < WALL_S and result["peak_rss_gb"] < PEAK_GB
     print("PASS" if ok else "FAIL: over target")
     sys.exit(0 if ok else 1)
