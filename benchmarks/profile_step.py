@@ -18,13 +18,11 @@ import time
 from collections import defaultdict
 
 import torch
-from bench_train import batch_on_cpu
+from bench_train import batch_on_cpu, package_parts
 from harness import save_result
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from atft.config import load_config
-from atft.models.atft_gat_fan import ATFTGATFAN
-from atft.training.loss import MultiHorizonLoss
 
 
 def main() -> None:
@@ -44,9 +42,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(args.preset, env={}).cfg
     horizons, lookback = list(cfg.data.horizons), int(cfg.data.lookback)
-    model = ATFTGATFAN(args.features, horizons, list(cfg.model.quantiles), cfg.model).to(device)
-    loss_fn = MultiHorizonLoss(horizons, list(cfg.model.quantiles), cfg.loss).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    model, loss_fn, optimizer = package_parts(cfg, args.features, device.type)
     per_day = args.stocks // args.days
     day = torch.arange(args.stocks) // per_day
     src = torch.arange(args.stocks).repeat_interleave(5)

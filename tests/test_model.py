@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from atft.config import load_config
 from atft.models.atft_gat_fan import (
     ATFTGATFAN,
+    FastDropout,
     FrequencyAdaptiveNorm,
     VariableSelection,
     count_parameters,
@@ -180,6 +182,69 @@ def test_fan_separates_the_dominant_frequency():
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("length", [20, 15, 60])
+def test_fan_split_matches_numpy_fft(length):
+    """The split by DFT matrices equals numpy's rfft, the top-k powers of each channel kept, and irfft."""
+    generator = torch.Generator().manual_seed(length)
+    x = torch.randn(40, length, 6, generator=generator).cumsum(1)  # random walks: a level and a trend
+    top_k = 4
+    main, residual = FrequencyAdaptiveNorm(n_features=6, top_k=top_k).split(x)
+    spectrum = np.fft.rfft(x.double().numpy(), axis=1)  # [N, K, F]
+    order = np.argsort(-np.abs(spectrum), axis=1, kind="stable")  # by amplitude, per window and channel
+    kept = np.zeros(spectrum.shape, dtype=bool)
+    np.put_along_axis(kept, order[:, :top_k], True, axis=1)
+    expected = np.fft.irfft(np.where(kept, spectrum, 0), n=length, axis=1)
+    scale = np.abs(x.numpy()).max()
+    np.testing.assert_allclose(main.numpy(), expected, atol=1e-5 * scale)
+    np.testing.assert_allclose((main + residual).numpy(), x.numpy(), atol=1e-5 * scale)
+
+
+def test_fast_dropout_draws_its_mask_from_the_generator_16_bits_an_element():
+    """Output = x * keep / (1 - p'), keep read from torch's 64-bit draws as little-endian signed 16-bit words
+    (a numpy reference), p' = round(p * 2^16) / 2^16; the mask differs from call to call, not seed to seed."""
+    dropout = FastDropout(0.2).train()
+    x = torch.randn(3, 7, 11)  # 231 elements: not a multiple of 4
+    torch.manual_seed(5)
+    out = dropout(x)
+    torch.manual_seed(5)
+    draws = torch.empty(58, dtype=torch.int64).random_(-(2**63), None).numpy()  # ceil(231 / 4) draws
+    words = draws.view("<i2")[: x.numel()].reshape(x.shape)  # uniform over [-2^15, 2^15)
+    threshold = round(0.2 * 65536)
+    expected = np.where(words >= threshold - 32768, x.numpy() * 65536 / (65536 - threshold), 0.0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+    torch.manual_seed(5)
+    assert torch.equal(dropout(x), out)  # same seed, same mask
+    assert not torch.equal(dropout(x), out)  # the next call draws anew
+
+
+def test_fast_dropout_drops_each_element_independently_with_probability_p():
+    torch.manual_seed(0)
+    p, n = 0.2, 4_000_000
+    dropped = (FastDropout(p).train()(torch.ones(n)) == 0).double()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped.mean().item() - p) < 5 * sigma
+    lanes = dropped.view(-1, 4).mean(0)  # the four 16-bit words of each 64-bit draw
+    assert (lanes - p).abs().max().item() < 5 * sigma * 2
+    d = dropped - dropped.mean()
+    for lag in (1, 2, 3, 4):  # within a draw and across draws
+        corr = (d[:-lag] * d[lag:]).mean() / d.var()
+        assert abs(corr.item()) < 5 / math.sqrt(n)
+
+
+def test_fast_dropout_keeps_the_expectation_its_gradient_and_the_identity_when_off():
+    torch.manual_seed(1)
+    x = torch.full((100_000,), 2.0, requires_grad=True)
+    out = FastDropout(0.1).train()(x)
+    assert abs(out.mean().item() - 2.0) < 0.01
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach() / 2.0)  # d out / d x: the mask times the scale
+    y = torch.randn(5, 3)
+    assert FastDropout(0.1).eval()(y) is y and FastDropout(0.0).train()(y) is y
+    assert FastDropout(0.3).train()(y.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
 def test_variable_selection_weights_are_per_step_and_sum_to_one():
     vsn = VariableSelection(n_features=5, hidden=8, dropout=0.0)
     vsn(torch.randn(3, 4, 5))
@@ -238,10 +303,10 @@ def test_a_tiny_model_overfits_a_tiny_panel():
 
 def test_top_k_mask_keeps_exactly_what_topk_keeps_ties_included():
     generator = torch.Generator().manual_seed(0)
-    values = torch.rand(300, 7, 11, generator=generator)  # [N, F, K]: distinct values
-    values[:40] = torch.randint(0, 3, (40, 7, 11), generator=generator).float()  # many ties at the k-th value
+    values = torch.rand(11, 300, 7, generator=generator)  # [K, N, F]: distinct values
+    values[:, :40] = torch.randint(0, 3, (11, 40, 7), generator=generator).float()  # ties at the k-th value
     for k in (1, 3, 5, 11):
-        expected = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, values.topk(k, dim=-1).indices, True)
+        expected = torch.zeros_like(values, dtype=torch.bool).scatter_(0, values.topk(k, dim=0).indices, True)
         assert torch.equal(top_k_mask(values, k), expected)
 
 

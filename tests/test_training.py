@@ -271,6 +271,16 @@ def test_learning_rate_schedules(name):
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:], strict=False)) and lrs[-1] < 1e-5  # cosine decay
 
 
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
+def test_the_optimizer_is_fused_in_full_precision_and_foreach_under_mixed(precision, fused):
+    """Lightning clips gradients itself under mixed precision and refuses a fused optimizer there."""
+    cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
+    module = ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
+    module.trainer = SimpleNamespace(precision=precision)
+    defaults = module.configure_optimizers().defaults
+    assert (defaults["fused"], defaults["foreach"]) == ((True, None) if fused else (None, True))
+
+
 def test_hardware_falls_back_with_a_clear_message():
     prod = load_config("production", env={}).cfg.train.trainer
     hw = resolve_hardware(prod, cuda=False, cpu_bf16=False)
