@@ -46,13 +46,13 @@ class FastDropout(nn.Module):
     """``nn.Dropout`` with CPU masks at a third of the cost: 16 random bits an element from torch's generator.
 
     On the CPU ``bernoulli_`` draws one element at a time (~7.5 ns each on the developers' machines): the
-    dropout over the LSTM's output alone, [N, L, H], was ~9% of the ``cpu`` preset's training step. Here
-    each 64-bit draw of torch's generator decides four elements, 16 bits each: an element is dropped when
-    its bits, read as a signed integer, fall below t - 2^15 with t = round(p * 2^16), so with probability
-    p' = t / 2^16 (|p' - p| <= 2^-17), and the kept ones are scaled by 1 / (1 - p'). Elements are still
-    dropped independently and the expectation of the output is the input, as with ``nn.Dropout``; the
-    draws themselves differ from its. Off the CPU (CUDA's Philox masks are already fast) it is
-    ``F.dropout``.
+    dropout over the LSTM's output alone, [N, L, H], was ~9% of the ``cpu`` preset's training step, all the
+    masks ~10%. Here each 64-bit draw of torch's generator decides four elements, 16 bits each: an element
+    is dropped when its bits, read as a signed integer, fall below t - 2^15 with t = round(p * 2^16), so
+    with probability p' = t / 2^16 (|p' - p| <= 2^-17), and the kept ones are scaled by 1 / (1 - p').
+    Elements are still dropped independently and the expectation of the output is the input, as with
+    ``nn.Dropout``; the draws themselves differ from its. Off the CPU (CUDA's Philox masks are already
+    fast) it is ``F.dropout``.
     """
 
     def __init__(self, p: float) -> None:
