@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import dataset, save_result
+from harness import dataset, env_with_src, save_result
 
 from atft.training.run_folder import RunFolder
 
@@ -41,7 +41,7 @@ def one_epoch(data: Path, runs_dir: Path, src: Path) -> dict:
     child = subprocess.Popen(
         [sys.executable, "-m", "atft.cli.app", "train", "--data-path", str(data), "--max-epochs", "1",
          f"train.runs_dir={runs_dir}"],
-        env={**os.environ, "PYTHONPATH": str(src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env_with_src(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
     wall = time.perf_counter() - start

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from harness import save_result
+from harness import env_with_src, save_result
 
 STAGE = """
 import json, resource, sys, time
@@ -34,9 +33,12 @@ print(json.dumps({"rows": frame.height, "wall_s": round(wall, 1), "peak_rss_gb":
 
 
 def _stage(raw: Path, src: Path | None) -> dict:
-    env = {**os.environ, **({"PYTHONPATH": str(src)} if src else {})}
     out = subprocess.run(
-        [sys.executable, "-c", STAGE, str(raw)], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", STAGE, str(raw)],
+        env=env_with_src(src),
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import polars as pl
-from harness import run_cli, save_result
+from harness import env_with_src, run_cli, save_result
 
 WALL_S, PEAK_GB = 60, 8
 
@@ -38,11 +38,10 @@ def _build(raw: Path, out: Path, src: Path | None) -> dict[str, float]:
     """One ``atft data build`` in a child process (of the package in ``src`` when given)."""
     if src is None:
         return run_cli("data", "build", "--raw", str(raw), "--out", str(out))
-    env = {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "atft.cli.app", "data", "build", "--raw", str(raw), "--out", str(out)],
-        env=env,
+        env=env_with_src(src),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -7,6 +7,7 @@ A child process makes the peak RSS the whole job's (imports included) and nothin
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -32,6 +33,17 @@ def run_cli(*args: str) -> dict[str, float]:
     # ru_maxrss is in KiB on Linux, and the largest over the children run so far.
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2)}
+
+
+def env_with_src(src: Path | None) -> dict[str, str]:
+    """This process's environment, with the package under ``src`` imported first (an older version, timed
+    side by side); the caller's own PYTHONPATH stays after it (gpu_checks.sh puts its wheels there)."""
+    if src is None:
+        return dict(os.environ)
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH")) if p),
+    }
 
 
 def dataset(work: Path, name: str) -> Path:

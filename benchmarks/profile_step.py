@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 
 import torch
-from bench_train import batch_on_cpu, package_parts
+from bench_train import day_batch, package_parts
 from harness import save_result
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -43,14 +43,9 @@ def main() -> None:
     cfg = load_config(args.preset, env={}).cfg
     horizons, lookback = list(cfg.data.horizons), int(cfg.data.lookback)
     model, loss_fn, optimizer = package_parts(cfg, args.features, device.type)
-    per_day = args.stocks // args.days
-    day = torch.arange(args.stocks) // per_day
-    src = torch.arange(args.stocks).repeat_interleave(5)
-    dst = day.repeat_interleave(5) * per_day + torch.randint(0, per_day, (args.stocks * 5,))
-    edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])]).to(device)
-    edge_attr = torch.rand(edge_index.shape[1], 3, device=device)
-    x = torch.randn(args.stocks, lookback, args.features, device=device)
-    batch = {k: v.to(device) for k, v in batch_on_cpu(args.stocks, args.days, per_day, day, horizons).items()}
+    x, edge_index, edge_attr, batch = day_batch(
+        args.stocks, args.days, lookback, args.features, horizons, device
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
     def sync() -> None:
