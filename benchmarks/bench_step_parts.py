@@ -38,8 +38,8 @@ def time_parts(preset: str | None, stocks: int, days: int, features: int, reps: 
     if keep_freed_memory is not None:
         keep_freed_memory()  # as `atft train` does before its first step
     torch.manual_seed(0)
-    cfg = load_config(preset, env={}).cfg
-    model, _, optimizer = package_parts(cfg, features, "cpu")
+    cfg = load_config(preset, ["train.trainer.precision=32"], env={}).cfg  # the parts in full precision
+    model, _, optimizer, _ = package_parts(cfg, features, "cpu")
     model.train()
     x, _, _, _ = day_batch(stocks, days, int(cfg.data.lookback), features, list(cfg.data.horizons), "cpu")
     # the LSTM's output [N, L, H]

@@ -12,7 +12,9 @@ The model, loss and optimizer are the package's own (``ForecastModule``), so ``-
 package's ``src``, as for ``bench_epoch.py``) measures that package's step: old and new alternate, each
 size a child process, ``--runs`` times, and the result holds both and their ratio. ``--preset cpu`` gives
 the model `atft train` trains by default (the variable selection off); without it, the schema defaults.
-Issue 15's target: 10,000 windows/s at hidden 64, lookback 20 on 2 cores.
+The step runs in the precision `atft train` gives the preset on this machine (``resolve_hardware``: the
+`cpu` preset's "auto" is bf16-mixed on a CPU with native bf16), with its optimizer; ``--bf16`` forces
+bf16 autocast. Issue 15's target: 10,000 windows/s at hidden 64, lookback 20 on 2 cores.
 
 Usage: ``.venv/bin/python benchmarks/bench_train.py [--stocks 500 --steps 20] [--preset cpu] [--before OLD_SRC
 --runs 3] [--name train]``; writes results/<name>.json (by default train.json, or train_<device>[_bf16]).
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -64,10 +67,15 @@ def one_size(
     torch.manual_seed(0)
     cfg = load_config(preset, [f"model.hidden_size={hidden}", f"data.lookback={lookback}"], env={}).cfg
     horizons = list(cfg.data.horizons)
-    model, loss_fn, optimizer = package_parts(cfg, features, device)
+    model, loss_fn, optimizer, precision = package_parts(cfg, features, device, bf16)
+    bf16 = precision == "bf16-mixed"
 
     x, edge_index, edge_attr, batch = day_batch(stocks, days, lookback, features, horizons, device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = (  # as Lightning autocasts: no weight cache
+        torch.autocast(device, dtype=torch.bfloat16, cache_enabled=False)
+        if bf16
+        else contextlib.nullcontext()
+    )
 
     def step() -> None:
         with autocast:
@@ -87,6 +95,7 @@ def one_size(
     seconds = (time.perf_counter() - start) / steps
     return {
         "hidden": hidden,
+        "precision": precision,
         "parameters": count_parameters(model),
         "step_ms": round(seconds * 1000, 1),
         "windows_per_s": round(stocks / seconds),
@@ -97,17 +106,26 @@ def one_size(
     }
 
 
-def package_parts(cfg, features: int, device: str) -> tuple:
-    """The package's own model, loss and optimizer for ``cfg`` (``ForecastModule``'s, as `atft train` has them)."""
+def package_parts(cfg, features: int, device: str, bf16: bool = False) -> tuple:
+    """The package's own model, loss and optimizer for ``cfg`` (``ForecastModule``'s, as `atft train` has them),
+    and the precision `atft train` would resolve for it on this machine ("bf16-mixed" with ``bf16``)."""
     from omegaconf import OmegaConf
 
     from atft.training.module import ForecastModule
 
+    try:  # the package's own choice; a package without resolve_hardware trained in the configured precision
+        from atft.training.trainer import resolve_hardware
+
+        precision = resolve_hardware(cfg.train.trainer, cuda=device == "cuda").precision
+    except ImportError:
+        precision = str(cfg.train.trainer.precision)
+    precision = "bf16-mixed" if bf16 else precision
     config = OmegaConf.to_container(cfg, resolve=True)
     config["train"]["scheduler"]["name"] = "constant"  # so configure_optimizers returns the optimizer alone
+    config["train"]["trainer"]["precision"] = precision  # its optimizer's kernel follows the precision
     names = [f"feature_{i}" for i in range(features)]
     module = ForecastModule(config, names, list(cfg.data.horizons)).to(device)
-    return module.model, module.loss, module.configure_optimizers()
+    return module.model, module.loss, module.configure_optimizers(), precision
 
 
 def day_batch(stocks: int, days: int, lookback: int, features: int, horizons: list[int], device) -> tuple:
@@ -146,7 +164,11 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None, help="(internal) measure one size in this process")
     ap.add_argument("--sizes", default="64,128,256", help="hidden sizes to measure")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="force bf16 autocast; otherwise the preset's precision on this machine",
+    )
     ap.add_argument("--preset", default=None, help="a preset (e.g. cpu); the schema defaults without it")
     ap.add_argument("--before", type=Path, help="The src folder of an older package, run first in each pair.")
     ap.add_argument("--runs", type=int, default=1, help="runs of each size (and version), alternated")
@@ -183,6 +205,22 @@ def main() -> None:
         result["ratio_after_to_before"] = {
             str(h): round(a["windows_per_s"] / b["windows_per_s"], 3)
             for h, a, b in zip(hiddens, result["after"], result["before"], strict=True)
+        }
+        # On a shared host a run's step time drifts by up to 1.6x: the ratio within each alternated pair
+        # (old run i / new run i, back to back) and that of the two fastest runs are steadier than the medians'.
+        result["pair_ratios"] = {
+            str(h): sorted(
+                round(b["step_ms"] / a["step_ms"], 3)
+                for b, a in zip(runs["before"][h], runs["after"][h], strict=True)
+            )
+            for h in hiddens
+        }
+        result["median_pair_ratio"] = {h: statistics.median(r) for h, r in result["pair_ratios"].items()}
+        result["ratio_of_fastest_runs"] = {
+            str(h): round(
+                min(r["step_ms"] for r in runs["before"][h]) / min(r["step_ms"] for r in runs["after"][h]), 3
+            )
+            for h in hiddens
         }
     if 64 in hiddens:
         result["pass"] = result["after"][hiddens.index(64)]["windows_per_s"] >= TARGET

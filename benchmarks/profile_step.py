@@ -2,7 +2,8 @@
 
 The step of ``bench_train.py`` (a batch of ``--days`` days of ``--stocks`` stocks, a ~10-neighbour graph,
 the preset's full loss) with the preset's model (``--preset production`` by default: hidden 256, lookback
-60, VSN on). Prints the operators by self time and the forward by module, and writes both to
+60, VSN on), in the precision `atft train` gives the preset on this machine (``--bf16`` forces bf16
+autocast). Prints the operators by self time and the forward by module, and writes both to
 ``benchmarks/results/profile_<device>[_bf16].json``. On a GPU the times are CUDA times and the peak GPU
 memory is recorded. Usage::
 
@@ -29,7 +30,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="production")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="force bf16 autocast; otherwise the preset's precision on this machine",
+    )
     ap.add_argument("--stocks", type=int, default=500)
     ap.add_argument("--days", type=int, default=1)
     ap.add_argument("--features", type=int, default=94)
@@ -42,7 +47,8 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(args.preset, env={}).cfg
     horizons, lookback = list(cfg.data.horizons), int(cfg.data.lookback)
-    model, loss_fn, optimizer = package_parts(cfg, args.features, device.type)
+    model, loss_fn, optimizer, precision = package_parts(cfg, args.features, device.type, args.bf16)
+    args.bf16 = precision == "bf16-mixed"  # the preset's own precision on this machine, or forced
     x, edge_index, edge_attr, batch = day_batch(
         args.stocks, args.days, lookback, args.features, horizons, device
     )

@@ -75,11 +75,12 @@ def test_cpu_preset_is_the_default():
     assert resolved.preset == "cpu"
     cfg = resolved.cfg
     assert (cfg.data.lookback, cfg.model.hidden_size, cfg.train.max_epochs) == (20, 64, 6)
-    assert cfg.train.trainer.precision == "32"
+    assert cfg.train.trainer.precision == "auto"  # bf16-mixed where the CPU (or GPU) computes bf16 natively
     assert cfg.train.trainer.accelerator == "auto"  # a GPU is used when present
     # Values equal to the schema default are not provenance, even when the preset restates them.
     regularized = ["model.dropout", "model.vsn.enabled", "model.shortcut_to", "train.early_stopping.patience", "train.max_epochs",
-                   "train.optimizer.lr", "train.optimizer.weight_decay", "train.scheduler.warmup_epochs"]  # fmt: skip
+                   "train.optimizer.lr", "train.optimizer.weight_decay", "train.scheduler.warmup_epochs",
+                   "train.trainer.precision"]  # fmt: skip
     assert resolved.sources == dict.fromkeys(regularized, "preset:cpu")
 
 
@@ -89,7 +90,7 @@ def test_production_preset_differs_from_cpu():
     prod = prod_resolved.cfg
     assert (prod.data.lookback, cpu.data.lookback) == (60, 20)
     assert (prod.model.hidden_size, cpu.model.hidden_size) == (256, 64)
-    assert (prod.train.trainer.precision, cpu.train.trainer.precision) == ("bf16-mixed", "32")
+    assert (prod.train.trainer.precision, cpu.train.trainer.precision) == ("bf16-mixed", "auto")
     assert (prod.train.trainer.accelerator, cpu.train.trainer.accelerator) == ("gpu", "auto")
     assert (prod.train.batch.train_batch_size, cpu.train.batch.train_batch_size) == (2048, 4096)
     assert prod_resolved.sources["model.hidden_size"] == "preset:production"
@@ -320,8 +321,10 @@ def test_apex_preset_selects_apex_and_a_ranking_objective():
     # the CPU training settings of cpu.yaml, restated (a preset cannot build on another)
     cpu = load_config("cpu", env={}).cfg
     for key in ("data.lookback", "train.max_epochs", "train.optimizer.lr", "train.optimizer.weight_decay",
-                "train.scheduler.warmup_epochs", "train.early_stopping.patience", "train.trainer.precision"):  # fmt: skip
+                "train.scheduler.warmup_epochs", "train.early_stopping.patience"):  # fmt: skip
         assert OmegaConf.select(cfg, key) == OmegaConf.select(cpu, key), key
+    # but not the precision: bf16's effect on APEX's forecasts is unmeasured (docs/decisions.md 39)
+    assert (cfg.train.trainer.precision, cpu.train.trainer.precision) == ("32", "auto")
 
 
 def test_horizon_weights_must_match_horizons():

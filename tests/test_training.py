@@ -24,7 +24,7 @@ from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard
 from atft.training.loss import MultiHorizonLoss
 from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
 from atft.training.run_folder import RunFolder
-from atft.training.trainer import cpu_has_bf16, resolve_hardware
+from atft.training.trainer import cpu_has_bf16, forecast_precision, resolve_hardware
 from atft.workflow.train import train_run
 
 runner = CliRunner()
@@ -281,6 +281,32 @@ def test_the_optimizer_is_fused_in_full_precision_and_foreach_under_mixed(precis
     assert (defaults["fused"], defaults["foreach"]) == ((True, None) if fused else (None, True))
 
 
+def test_auto_precision_is_bf16_where_the_device_computes_it_natively(monkeypatch):
+    """The `cpu` preset's precision: bf16-mixed on a CPU with AVX-512 BF16 or AMX, or a bf16 GPU; else 32."""
+    auto = load_config(env={}).cfg.train.trainer  # the default preset
+    assert auto.precision == "auto"
+    assert resolve_hardware(auto, cuda=False, cpu_bf16=True).precision == "bf16-mixed"
+    assert resolve_hardware(auto, cuda=False, cpu_bf16=False).precision == "32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_hardware(auto, cuda=True, cpu_bf16=False).precision == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_hardware(auto, cuda=True, cpu_bf16=True).precision == "32"  # a GPU's choice, not the CPU's
+    on_cpu = load_config(overrides=["train.trainer.accelerator=cpu"], env={}).cfg.train.trainer
+    assert resolve_hardware(on_cpu, cuda=True, cpu_bf16=True).precision == "bf16-mixed"  # the CPU decides
+    for cpu_bf16 in (True, False):  # a choice, not a fallback: nothing to warn about
+        assert resolve_hardware(auto, cuda=False, cpu_bf16=cpu_bf16).notes == ()
+
+
+def test_forecasts_outside_the_trainer_autocast_as_the_run_trained():
+    """`atft evaluate` and the daily list forecast in the precision the run's Trainer resolves here."""
+    cpu = torch.device("cpu")
+    with forecast_precision(load_config(env={}).cfg.train.trainer, cpu):  # the cpu preset's "auto"
+        assert torch.is_autocast_enabled("cpu") == cpu_has_bf16()
+        assert not cpu_has_bf16() or torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with forecast_precision(load_config(None, env={}).cfg.train.trainer, cpu):  # "32"
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_hardware_falls_back_with_a_clear_message():
     prod = load_config("production", env={}).cfg.train.trainer
     hw = resolve_hardware(prod, cuda=False, cpu_bf16=False)
@@ -290,8 +316,8 @@ def test_hardware_falls_back_with_a_clear_message():
     native = resolve_hardware(prod, cuda=False, cpu_bf16=True)  # AVX-512 BF16 or AMX
     assert (native.accelerator, native.precision) == ("cpu", "bf16-mixed")
     assert any("computes bf16 natively" in note for note in native.notes)
-    cpu = resolve_hardware(load_config(env={}).cfg.train.trainer, cuda=False)
-    assert cpu.notes == () and cpu.precision == "32"
+    schema = resolve_hardware(load_config(None, env={}).cfg.train.trainer, cuda=False)
+    assert schema.notes == () and schema.precision == "32"
     ddp = resolve_hardware(
         load_config(None, ["train.trainer.devices=2"], env={}).cfg.train.trainer, cuda=False
     )

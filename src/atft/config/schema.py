@@ -266,8 +266,9 @@ class SchedulerConfig:
 class TrainerConfig:
     """What Lightning's Trainer receives: precision and hardware."""
 
-    # A string because Lightning spells it so; an int 32 in YAML is normalised to "32".
-    precision: str = field(default="32", metadata={"choices": ("32", "bf16-mixed", "16-mixed")})
+    # A string because Lightning spells it so; an int 32 in YAML is normalised to "32". "auto": bf16-mixed
+    # where the device computes bf16 natively (atft.training.trainer.resolve_hardware), 32 elsewhere.
+    precision: str = field(default="32", metadata={"choices": ("32", "bf16-mixed", "16-mixed", "auto")})
     accelerator: str = field(default="auto", metadata={"choices": ("auto", "cpu", "gpu")})
     devices: int = field(default=1, metadata={"ge": 1})
     strategy: str = field(default="auto", metadata={"choices": ("auto", "ddp")})

@@ -247,7 +247,13 @@ class TemporalEncoder(nn.Module):
         q = F.linear(s[:, -1:], self.qkv.weight[:hidden], self.qkv.bias[:hidden])  # [N, 1, H]
         shape = (n, -1, self.heads, hidden // self.heads)
         q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))  # [N, heads, len, H/heads]
-        a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H/heads]
+        if s.device.type == "cpu":
+            # torch's CPU attention kernel in bf16 takes ~1.8x its float32 time at these shapes (forward and
+            # backward; docs/performance.md), so under autocast the CPU attends in float32
+            with torch.autocast("cpu", enabled=False):
+                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float())  # [N, heads, 1, H/heads]
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H/heads]
         a = self.attn_out(a.transpose(1, 2).reshape(n, hidden))  # [N, H]
         last = self.attn_norm(s[:, -1] + F.glu(self.attn_gate(self.dropout(a)), dim=-1))  # [N, H]
         return self.ffn(last)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,9 @@ def resolve_hardware(
 
     bf16-mixed runs on a CUDA GPU, or on a CPU with native bf16 (AVX-512 BF16, AMX: about 1.3x faster a
     step there, with bf16 rounding in the matrix products); elsewhere it falls back to 32-bit. 16-bit
-    mixed precision needs CUDA. A GPU accelerator falls back to the CPU when there is no CUDA device.
+    mixed precision needs CUDA. "auto" (the ``cpu`` preset's) is bf16-mixed where the device computes bf16
+    natively and 32-bit elsewhere, without a note: the same forecasts to seed noise either way
+    (docs/decisions.md 39). A GPU accelerator falls back to the CPU when there is no CUDA device.
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     notes = []
@@ -80,7 +83,11 @@ def resolve_hardware(
         notes.append("train.trainer.accelerator=gpu but no CUDA device is available: training on the CPU")
         accelerator = "cpu"
     on_gpu = cuda and accelerator in ("gpu", "auto")
-    if precision == "bf16-mixed" and not on_gpu and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+    cpu_bf16 = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+    if precision == "auto":  # a choice, not a fallback, so no note (the run's summary records the result)
+        native = torch.cuda.is_bf16_supported() if on_gpu else cpu_bf16
+        precision = "bf16-mixed" if native else "32"
+    elif precision == "bf16-mixed" and not on_gpu and cpu_bf16:
         notes.append("train.trainer.precision=bf16-mixed on the CPU, which computes bf16 natively")
     elif precision != "32" and not on_gpu:
         notes.append(
@@ -97,6 +104,20 @@ def resolve_hardware(
     return Hardware(
         accelerator, precision, trainer_cfg.devices, strategy, trainer_cfg.num_nodes, tuple(notes)
     )
+
+
+def forecast_precision(trainer_cfg: TrainerConfig, device: torch.device) -> AbstractContextManager:
+    """The autocast a run's forecasts are made in on ``device``, for forecasts made outside its Trainer.
+
+    Lightning's own (``torch.autocast`` without a weight cache) for the precision ``resolve_hardware`` gives
+    the run there, so that `atft evaluate` and the daily list score a day exactly as training's predictions
+    files did on the same machine: a bf16-mixed run forecast in 32-bit differs by ~1e-4 in its scores.
+    """
+    precision = resolve_hardware(trainer_cfg, cuda=device.type == "cuda").precision
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def is_launcher() -> bool:

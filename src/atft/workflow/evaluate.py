@@ -18,6 +18,7 @@ from atft.evaluation.evaluate import EvaluationResult, evaluate_predictions
 from atft.features.dataset import DatasetFolder
 from atft.training.module import ForecastModule, predict_frame
 from atft.training.run_folder import SPLITS, RunFolder
+from atft.training.trainer import forecast_precision
 from atft.workflow.run_data import load_run_data
 
 
@@ -48,8 +49,7 @@ def evaluate_run(
             f"{len(run.panel.feature_names)} now; first differences: {changed or 'extra or missing at the end'}): "
             "was the dataset rebuilt? Evaluate on the dataset the run was trained on"
         )
-    dtype = _autocast_dtype(cfg, device)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with forecast_precision(cfg.train.trainer, device):  # as training forecast: the same numbers
         preds = predict_frame(module, run.data.eval_dataloader(split), run.panel)
     say("scoring")
     return _score(folder, cfg, dataset, preds, split, checkpoint)
@@ -78,16 +78,6 @@ def _score(
     )
     result.metrics["settings"] |= {"split": split, "checkpoint": str(checkpoint)}
     return result, folder.write_evaluation(result, preds, split)
-
-
-def _autocast_dtype(cfg: ATFTConfig, device: torch.device) -> torch.dtype | None:
-    """The mixed precision the run validated in on a GPU (None: full precision), as Lightning maps it."""
-    if device.type != "cuda":
-        return None
-    precision = str(cfg.train.trainer.precision)
-    if precision == "bf16-mixed":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if precision == "16-mixed" else None
 
 
 def backtest_run(

@@ -36,6 +36,7 @@ from atft.models.atft_gat_fan import quantile_name
 from atft.models.graph import DayGraphBuilder, uses_graph
 from atft.training.bundle import BundleError, ModelBundle, feature_hash
 from atft.training.run_folder import RunFolder, atomic_text, atomic_write
+from atft.training.trainer import forecast_precision
 
 Say = Callable[[str], None]
 TOP_NEIGHBOURS = 3  # neighbours named per pick: enough to see who moves it, short enough to read
@@ -366,14 +367,16 @@ def _forward(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The model's forecasts of the batch, and the last GAT layer's attention per edge [E] (None without it)."""
     module = bundle.module.eval()
+    device = next(module.parameters()).device
     gat = getattr(module.model, "gat", None)
-    if gat is None:
-        return module(batch), None
-    gat.keep_attention = True
-    try:
-        return module(batch), gat.attention
-    finally:
-        gat.keep_attention, gat.attention = False, None
+    with forecast_precision(bundle.cfg.train.trainer, device):  # as training forecast: the same scores
+        if gat is None:
+            return module(batch), None
+        gat.keep_attention = True
+        try:
+            return module(batch), gat.attention
+        finally:
+            gat.keep_attention, gat.attention = False, None
 
 
 def _ranked(

@@ -315,7 +315,7 @@ def train_run(
         cfg, folder, hardware, list(cfg.data.horizons), progress_bar=progress_bar, extra=callbacks
     )
     n_params = count_parameters(module.model)
-    say(f"training ({n_params:,} parameters)")
+    say(f"training ({n_params:,} parameters, precision {hardware.precision})")
     # After the data is loaded: its one-off arrays are returned to the kernel as before; from here on the
     # steps' activations are kept for reuse (``atft.training.allocator``).
     keep_freed_memory()
