@@ -68,13 +68,11 @@ def one_size(
     cfg = load_config(preset, [f"model.hidden_size={hidden}", f"data.lookback={lookback}"], env={}).cfg
     horizons = list(cfg.data.horizons)
     model, loss_fn, optimizer, precision = package_parts(cfg, features, device, bf16)
-    bf16 = precision == "bf16-mixed"
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
     x, edge_index, edge_attr, batch = day_batch(stocks, days, lookback, features, horizons, device)
     autocast = (  # as Lightning autocasts: no weight cache
-        torch.autocast(device, dtype=torch.bfloat16, cache_enabled=False)
-        if bf16
-        else contextlib.nullcontext()
+        torch.autocast(device, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
     )
 
     def step() -> None:
@@ -224,9 +222,8 @@ def main() -> None:
         }
     if 64 in hiddens:
         result["pass"] = result["after"][hiddens.index(64)]["windows_per_s"] >= TARGET
-    default = (
-        "train" if args.device == "cpu" and not args.bf16 else f"train_{args.device}{'_bf16' * args.bf16}"
-    )
+    bf16 = result["after"][0]["precision"] == "bf16-mixed"  # forced, or the preset's on this machine
+    default = "train" if args.device == "cpu" and not bf16 else f"train_{args.device}{'_bf16' * bf16}"
     save_result(args.name or default, result)
 
 

@@ -13,6 +13,7 @@ from atft.models.atft_gat_fan import (
     ATFTGATFAN,
     FastDropout,
     FrequencyAdaptiveNorm,
+    TemporalEncoder,
     VariableSelection,
     count_parameters,
     quantile_name,
@@ -325,8 +326,35 @@ def test_checkpointed_chunks_give_the_same_forecasts_and_gradients():
     for model in (plain, chunked):
         out = model(x)
         (out["point"].square().sum() + out["quantiles"].sum()).backward()
-        outs.append((out["point"].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        outs.append(
+            (out["point"].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        )
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
     assert len(outs[0][1]) == len(outs[1][1])
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_on_a_cpu_attention_runs_in_float32_under_bf16_autocast(monkeypatch):
+    """torch's CPU attention kernel is slower in bf16 than in float32: under autocast the CPU attends in
+    float32, and the projections around the attention still run in bf16."""
+    seen = []
+    attend = torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return attend(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
+    torch.manual_seed(0)
+    encoder = TemporalEncoder(hidden=16, layers=1, heads=2, dropout=0.0).eval()
+    projected = []
+    encoder.attn_out.register_forward_hook(lambda _m, _i, out: projected.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoder(torch.randn(8, 5, 16))
+    assert seen == [(torch.float32, torch.float32, torch.float32, False)]
+    assert projected == [torch.bfloat16]
+    with torch.autocast("cpu", enabled=False):  # without autocast nothing changes: float32 throughout
+        seen.clear()
+        encoder(torch.randn(8, 5, 16))
+    assert seen == [(torch.float32, torch.float32, torch.float32, False)]

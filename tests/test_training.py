@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from atft.cli.app import app
 from atft.config import load_config
 from atft.evaluation.evaluate import evaluate_predictions
+from atft.training import trainer as trainer_module
 from atft.training.callbacks import DegeneracyGuard, NonFiniteGuard
 from atft.training.loss import MultiHorizonLoss
 from atft.training.module import ForecastModule, NonFiniteLossError, daily_scale
@@ -291,18 +292,29 @@ def test_auto_precision_is_bf16_where_the_device_computes_it_natively(monkeypatc
     assert resolve_hardware(auto, cuda=True, cpu_bf16=False).precision == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_hardware(auto, cuda=True, cpu_bf16=True).precision == "32"  # a GPU's choice, not the CPU's
+    # a pre-Ampere GPU emulates bf16 (slowly): not native, so "auto" is 32 and bf16-mixed falls back
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_hardware(auto, cuda=True, cpu_bf16=True).precision == "32"
+    prod = load_config("production", env={}).cfg.train.trainer
+    assert resolve_hardware(prod, cuda=True).precision == "16-mixed"
     on_cpu = load_config(overrides=["train.trainer.accelerator=cpu"], env={}).cfg.train.trainer
     assert resolve_hardware(on_cpu, cuda=True, cpu_bf16=True).precision == "bf16-mixed"  # the CPU decides
     for cpu_bf16 in (True, False):  # a choice, not a fallback: nothing to warn about
         assert resolve_hardware(auto, cuda=False, cpu_bf16=cpu_bf16).notes == ()
 
 
-def test_forecasts_outside_the_trainer_autocast_as_the_run_trained():
-    """`atft evaluate` and the daily list forecast in the precision the run's Trainer resolves here."""
+@pytest.mark.parametrize("native", [True, False])
+def test_forecasts_outside_the_trainer_autocast_as_the_run_trained(monkeypatch, native):
+    """`atft evaluate` and the daily list forecast in the precision the run's Trainer resolves here, with
+    Lightning's autocast (no weight cache); the device used decides, not the accelerator trained on."""
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: native)
     cpu = torch.device("cpu")
-    with forecast_precision(load_config(env={}).cfg.train.trainer, cpu):  # the cpu preset's "auto"
-        assert torch.is_autocast_enabled("cpu") == cpu_has_bf16()
-        assert not cpu_has_bf16() or torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for preset in ("cpu", "production"):  # "auto"; "bf16-mixed" with accelerator=gpu, forecast on the CPU
+        with forecast_precision(load_config(preset, env={}).cfg.train.trainer, cpu):
+            assert torch.is_autocast_enabled("cpu") == native
+            if native:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+                assert not torch.is_autocast_cache_enabled()
     with forecast_precision(load_config(None, env={}).cfg.train.trainer, cpu):  # "32"
         assert not torch.is_autocast_enabled("cpu")
 

@@ -183,7 +183,8 @@ class ForecastModule(L.LightningModule):
         # them, 3.4x faster than foreach on a CPU, the same update to float32 rounding; docs/performance.md),
         # or foreach (a multi-tensor kernel per update op) under mixed precision, where Lightning clips the
         # gradients itself and refuses a fused optimizer. The precision is the trainer's resolved one, or
-        # outside a Trainer (benchmarks) the configured one.
+        # outside a Trainer (benchmarks) the configured one, which the caller resolves first: "auto" itself
+        # reads as full precision here.
         precision = getattr(self._trainer, "precision", None) or self.cfg.train.trainer.precision
         kernel = {"foreach": True} if "mixed" in str(precision) else {"fused": True}
         optimizer = torch.optim.AdamW(

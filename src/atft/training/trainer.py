@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     RichProgressBar,
 )
+from omegaconf import OmegaConf
 
 from atft.config import ATFTConfig
 from atft.config.schema import TrainerConfig, parse_monitor
@@ -85,7 +86,7 @@ def resolve_hardware(
     on_gpu = cuda and accelerator in ("gpu", "auto")
     cpu_bf16 = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
     if precision == "auto":  # a choice, not a fallback, so no note (the run's summary records the result)
-        native = torch.cuda.is_bf16_supported() if on_gpu else cpu_bf16
+        native = torch.cuda.is_bf16_supported(including_emulation=False) if on_gpu else cpu_bf16
         precision = "bf16-mixed" if native else "32"
     elif precision == "bf16-mixed" and not on_gpu and cpu_bf16:
         notes.append("train.trainer.precision=bf16-mixed on the CPU, which computes bf16 natively")
@@ -95,7 +96,7 @@ def resolve_hardware(
             "bf16), and none is used: training in 32-bit"
         )
         precision = "32"
-    if precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
+    if precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
         notes.append("this GPU has no bf16 support: training in 16-mixed")
         precision = "16-mixed"
     strategy = trainer_cfg.strategy
@@ -113,7 +114,9 @@ def forecast_precision(trainer_cfg: TrainerConfig, device: torch.device) -> Abst
     the run there, so that `atft evaluate` and the daily list score a day exactly as training's predictions
     files did on the same machine: a bf16-mixed run forecast in 32-bit differs by ~1e-4 in its scores.
     """
-    precision = resolve_hardware(trainer_cfg, cuda=device.type == "cuda").precision
+    on_gpu = device.type == "cuda"  # the device used decides, whatever accelerator the run trained on
+    used = OmegaConf.merge(trainer_cfg, {"accelerator": "gpu" if on_gpu else "cpu"})
+    precision = resolve_hardware(used, cuda=on_gpu).precision
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     if dtype is None:
         return nullcontext()
