@@ -49,8 +49,6 @@ def one_size(
     bf16: bool = False,
     preset: str | None = None,
 ) -> dict:
-    import contextlib
-
     import torch
 
     from atft.config import load_config
@@ -68,12 +66,8 @@ def one_size(
     cfg = load_config(preset, [f"model.hidden_size={hidden}", f"data.lookback={lookback}"], env={}).cfg
     horizons = list(cfg.data.horizons)
     model, loss_fn, optimizer, precision = package_parts(cfg, features, device, bf16)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-
     x, edge_index, edge_attr, batch = day_batch(stocks, days, lookback, features, horizons, device)
-    autocast = (  # as Lightning autocasts: no weight cache
-        torch.autocast(device, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
-    )
+    autocast = step_autocast(precision, device)
 
     def step() -> None:
         with autocast:
@@ -124,6 +118,17 @@ def package_parts(cfg, features: int, device: str, bf16: bool = False) -> tuple:
     names = [f"feature_{i}" for i in range(features)]
     module = ForecastModule(config, names, list(cfg.data.horizons)).to(device)
     return module.model, module.loss, module.configure_optimizers(), precision
+
+
+def step_autocast(precision: str, device: str):
+    """The autocast `atft train` steps in at ``precision`` (Lightning's mixed-precision plugin's), or none."""
+    import contextlib
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    if precision not in ("bf16-mixed", "16-mixed"):
+        return contextlib.nullcontext()
+    return MixedPrecision(precision, device).autocast_context_manager()
 
 
 def day_batch(stocks: int, days: int, lookback: int, features: int, horizons: list[int], device) -> tuple:

@@ -14,12 +14,11 @@ memory is recorded. Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from collections import defaultdict
 
 import torch
-from bench_train import day_batch, package_parts
+from bench_train import day_batch, package_parts, step_autocast
 from harness import save_result
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -52,7 +51,7 @@ def main() -> None:
     x, edge_index, edge_attr, batch = day_batch(
         args.stocks, args.days, lookback, args.features, horizons, device
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    autocast = step_autocast(precision, device.type)
 
     def sync() -> None:
         if device.type == "cuda":

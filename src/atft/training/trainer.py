@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     RichProgressBar,
 )
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import OmegaConf
 
 from atft.config import ATFTConfig
@@ -110,17 +111,16 @@ def resolve_hardware(
 def forecast_precision(trainer_cfg: TrainerConfig, device: torch.device) -> AbstractContextManager:
     """The autocast a run's forecasts are made in on ``device``, for forecasts made outside its Trainer.
 
-    Lightning's own (``torch.autocast`` without a weight cache) for the precision ``resolve_hardware`` gives
-    the run there, so that `atft evaluate` and the daily list score a day exactly as training's predictions
-    files did on the same machine: a bf16-mixed run forecast in 32-bit differs by ~1e-4 in its scores.
+    Lightning's own (its mixed-precision plugin's) for the precision ``resolve_hardware`` gives the run
+    there, so that `atft evaluate` and the daily list score a day exactly as training's predictions files
+    did on the same machine: a bf16-mixed run forecast in 32-bit differs by ~1e-4 in its scores.
     """
     on_gpu = device.type == "cuda"  # the device used decides, whatever accelerator the run trained on
     used = OmegaConf.merge(trainer_cfg, {"accelerator": "gpu" if on_gpu else "cpu"})
     precision = resolve_hardware(used, cuda=on_gpu).precision
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    if dtype is None:
+    if precision not in ("bf16-mixed", "16-mixed"):
         return nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+    return MixedPrecision(precision, device.type).autocast_context_manager()
 
 
 def is_launcher() -> bool:
