@@ -42,14 +42,16 @@ def time_parts(preset: str | None, stocks: int, days: int, features: int, reps: 
     model, _, optimizer, _ = package_parts(cfg, features, "cpu")
     model.train()
     x, _, _, _ = day_batch(stocks, days, int(cfg.data.lookback), features, list(cfg.data.horizons), "cpu")
-    # the LSTM's output [N, L, H]
+    # a package whose encoder is time-major (its LSTM not batch_first) takes FAN's windows as [L, N, F]
+    windows = x if model.temporal.lstm.batch_first else x.transpose(0, 1)
+    # the LSTM's output, [N, L, H] or [L, N, H]: the dropout's cost depends on the size alone
     hidden = torch.randn(stocks, x.shape[1], int(cfg.model.hidden_size), requires_grad=True)
     grad = torch.randn_like(hidden)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
 
     def fan() -> None:
-        model.fan(x)
+        model.fan(windows)
 
     def dropout() -> None:
         model.temporal.dropout(hidden).backward(grad)

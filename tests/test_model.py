@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from atft.config import load_config
 from atft.models.atft_gat_fan import (
@@ -16,6 +17,7 @@ from atft.models.atft_gat_fan import (
     TemporalEncoder,
     VariableSelection,
     count_parameters,
+    heads_forward,
     quantile_name,
     top_k_mask,
 )
@@ -174,11 +176,11 @@ def test_fan_separates_the_dominant_frequency():
     t = torch.arange(32, dtype=torch.float32)
     slow = 3 * torch.sin(2 * math.pi * 2 * t / 32)  # the dominant component
     noise = 0.1 * torch.randn(32)
-    x = torch.stack([slow + noise, noise], dim=-1)[None]  # [1, 32, 2]
+    x = torch.stack([slow + noise, noise], dim=-1)[:, None]  # [L=32, N=1, F=2]: time-major
     main, residual = fan.split(x)
     assert torch.allclose(main + residual, x, atol=1e-5)
-    assert torch.allclose(main[0, :, 0], slow, atol=0.1)  # the top-1 frequency is the sine
-    assert residual[0, :, 0].std() < 0.2
+    assert torch.allclose(main[:, 0, 0], slow, atol=0.1)  # the top-1 frequency is the sine
+    assert residual[:, 0, 0].std() < 0.2
     out = fan(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
 
@@ -189,7 +191,8 @@ def test_fan_split_matches_numpy_fft(length):
     generator = torch.Generator().manual_seed(length)
     x = torch.randn(40, length, 6, generator=generator).cumsum(1)  # random walks: a level and a trend
     top_k = 4
-    main, residual = FrequencyAdaptiveNorm(n_features=6, top_k=top_k).split(x)
+    main, residual = FrequencyAdaptiveNorm(n_features=6, top_k=top_k).split(x.transpose(0, 1))  # [L, N, F]
+    main, residual = main.transpose(0, 1), residual.transpose(0, 1)  # [N, L, F]
     spectrum = np.fft.rfft(x.double().numpy(), axis=1)  # [N, K, F]
     order = np.argsort(-np.abs(spectrum), axis=1, kind="stable")  # by amplitude, per window and channel
     kept = np.zeros(spectrum.shape, dtype=bool)
@@ -198,6 +201,36 @@ def test_fan_split_matches_numpy_fft(length):
     scale = np.abs(x.numpy()).max()
     np.testing.assert_allclose(main.numpy(), expected, atol=1e-5 * scale)
     np.testing.assert_allclose((main + residual).numpy(), x.numpy(), atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("vsn", ["true", "false"])
+def test_the_time_major_encoder_equals_a_batch_major_reference(vsn):
+    """``encode`` works time-major. The same layers applied to batch-major windows, with FAN by numpy's FFT and
+    full causal attention over every step (its last row kept), give the same embedding."""
+    model = make_model("model.dropout=0", f"model.vsn.enabled={vsn}").eval()
+    model.vsn.record = True  # kept by the VSN, ignored by the plain linear embedding
+    enc, hidden, heads = model.temporal, 16, 2
+    x = torch.randn(6, 20, 8, generator=torch.Generator().manual_seed(3)).cumsum(1)  # [N, L, F]
+    with torch.no_grad():
+        spectrum = np.fft.rfft(x.double().numpy(), axis=1)  # [N, K, F]
+        order = np.argsort(-np.abs(spectrum), axis=1, kind="stable")
+        kept = np.zeros(spectrum.shape, dtype=bool)
+        np.put_along_axis(kept, order[:, : model.fan.top_k], True, axis=1)
+        main = torch.from_numpy(np.fft.irfft(np.where(kept, spectrum, 0), n=20, axis=1)).float()
+        centered = (x - main) - (x - main).mean(1, keepdim=True)
+        std = (centered.square().mean(1, keepdim=True) + model.fan.eps).sqrt()
+        e = model.vsn(centered / std + model.fan.removed_proj(main))  # [N, L, H]
+        lstm = torch.nn.LSTM(hidden, hidden, batch_first=True)
+        lstm.load_state_dict(enc.lstm.state_dict())
+        s = enc.lstm_norm(e + F.glu(enc.lstm_gate(lstm(e)[0]), dim=-1))  # [N, L, H]
+        q, k, v = (t.reshape(6, 20, heads, -1).transpose(1, 2) for t in enc.qkv(s).split(hidden, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, :, -1]  # [N, heads, d]
+        a = enc.attn_out(a.reshape(6, hidden))
+        expected = enc.ffn(enc.attn_norm(s[:, -1] + F.glu(enc.attn_gate(a), dim=-1)))
+        reference_weights = getattr(model.vsn, "weights", None)  # [N, L, F]: the batch-major call's (VSN on)
+        torch.testing.assert_close(model.encode(x), expected, atol=1e-5, rtol=1e-4)
+        if vsn == "true":  # the weights read [N, L, F] whatever the encoder's layout
+            torch.testing.assert_close(model.selection_weights, reference_weights, atol=1e-6, rtol=1e-5)
 
 
 def test_fast_dropout_draws_its_mask_from_the_generator_16_bits_an_element():
@@ -255,6 +288,44 @@ def test_variable_selection_weights_are_per_step_and_sum_to_one():
     assert out.shape == (3, 4, 8)
     assert vsn.weights.shape == (3, 4, 5)
     assert torch.allclose(vsn.weights.sum(-1), torch.ones(3, 4))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("model.head.use_layernorm=true",), ("model.head.layer_scale=0",), ("model.head.variant=apex",)],
+)
+def test_the_heads_computed_together_equal_each_head_alone(overrides):
+    """``heads_forward`` stacks the heads' parameters; head by head, with their own modules, the forecasts
+    and every gradient are the same (dropout off)."""
+    model = make_model("model.dropout=0", *overrides).eval()
+    heads = model.heads
+    with torch.no_grad():  # distinct parameters per head, so a mix-up of heads would show
+        for p in heads.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    z = torch.randn(9, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
+
+    def alone(head):  # the head's own modules, one by one
+        u = head.norm(z)
+        if head.mlp is not None:
+            delta = head.mlp(u)
+            u = u + (delta * head.layer_scale if head.layer_scale is not None else delta)
+        out = head.out(u)
+        return out[:, 0], torch.cat([out[:, 1:2], out[:, 1:2] + F.softplus(out[:, 2:]).cumsum(-1)], dim=-1)
+
+    def one_by_one():
+        points, quantiles = zip(*(alone(head) for head in heads), strict=True)
+        return torch.stack(points), torch.stack(quantiles)
+
+    results = []
+    for compute in (lambda: heads_forward(heads, z), one_by_one):
+        heads.zero_grad()
+        z.grad = None
+        point, quantiles = compute()
+        assert point.shape == (4, 9) and quantiles.shape == (4, 9, 5)
+        (point.square().sum() + (quantiles * torch.arange(5.0)).sum()).backward()
+        results.append([point, quantiles, z.grad] + [p.grad for p in heads.parameters()])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
 
 
 def test_quantile_names():

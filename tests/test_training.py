@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
@@ -272,14 +274,44 @@ def test_learning_rate_schedules(name):
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:], strict=False)) and lrs[-1] < 1e-5  # cosine decay
 
 
-@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
-def test_the_optimizer_is_fused_in_full_precision_and_foreach_under_mixed(precision, fused):
-    """Lightning clips gradients itself under mixed precision and refuses a fused optimizer there."""
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
+)
+def test_the_optimizer_is_fused_except_under_float16(precision, fused):
+    """One fused AdamW kernel, except under float16, whose loss scaler a fused step would undo after clipping."""
     cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
     module = ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
     module.trainer = SimpleNamespace(precision=precision)
     defaults = module.configure_optimizers().defaults
     assert (defaults["fused"], defaults["foreach"]) == ((True, None) if fused else (None, True))
+
+
+@pytest.mark.parametrize("algorithm", [GradClipAlgorithmType.NORM, GradClipAlgorithmType.VALUE])
+def test_a_fused_optimizer_is_clipped_under_bf16_and_refused_under_float16(algorithm):
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimizer; without a loss scaler
+    (bf16-mixed) the module clips it as 32-bit would, and with one (16-mixed) Lightning's refusal stands."""
+    cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
+    module = ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
+    module.trainer = SimpleNamespace(
+        precision="bf16-mixed",
+        precision_plugin=MixedPrecision("bf16-mixed", "cpu"),
+        gradient_clip_val=0.5,
+        gradient_clip_algorithm=algorithm,
+    )
+    optimizer = module.configure_optimizers()
+    assert optimizer.defaults["fused"]
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    for p in parameters:
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(optimizer, 0.5, algorithm)
+    grads = torch.cat([p.grad.flatten() for p in parameters])
+    if algorithm == GradClipAlgorithmType.NORM:  # the enum Lightning passes
+        assert grads.norm().item() == pytest.approx(0.5, rel=1e-4)
+    else:
+        assert grads.abs().max().item() == 0.5
+    module.trainer.precision_plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(RuntimeError, match="fused"):
+        module.configure_gradient_clipping(optimizer, 0.5, algorithm)
 
 
 def test_auto_precision_is_bf16_where_the_device_computes_it_natively(monkeypatch):

@@ -11,7 +11,8 @@ One day's cross-section of stock windows goes in; per-horizon point and quantile
                                                                      per-horizon map, with shortcut_to)
 
 N is the number of stock-windows in the batch (several days concatenated; the graph never links two days),
-L the lookback, F the features, H the hidden size. Every part has a switch so that it can be ablated:
+L the lookback, F the features, H the hidden size. Inside the encoder the windows are time-major, [L, N, F]:
+the LSTM's own layout, in which FAN's spectra are computed too, so no copy is made between them. Every part has a switch so that it can be ablated:
 ``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``shortcut``, ``head.variant``.
 
 The previous system gave every feature its own gated residual network inside the variable selection
@@ -159,25 +160,22 @@ class FrequencyAdaptiveNorm(nn.Module):
             self.removed_proj.bias.zero_()
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(main, residual) with main + residual == x; main holds the top-k frequencies of each channel."""
-        n, length, n_features = x.shape
+        """(main, residual) of time-major windows x [L, N, F], both [L, N, F], with main + residual == x; main
+        holds the top-k frequencies of each channel."""
+        length, n, n_features = x.shape
         forward, inverse = real_dft(length, x.device)
         with torch.autocast(x.device.type, enabled=False):  # ranking the powers needs float32, not bf16
-            x = x.float()
-            columns = x.transpose(0, 1).reshape(length, n * n_features)  # [L, N*F]: one column a channel
+            columns = x.float().reshape(length, n * n_features)  # [L, N*F]: one column a channel
             spectrum = (forward @ columns).view(2, -1, n * n_features)  # [2, K, N*F]: real, imaginary
             power = spectrum.square().sum(0)  # [K, N*F]: ranks like the amplitude, without a sqrt
             keep = top_k_mask(power, min(self.top_k, power.shape[0]))  # [K, N*F]
-            main = inverse @ (spectrum * keep).view(-1, n * n_features)  # [L, N*F]
-            main = main.view(length, n, n_features).transpose(0, 1).contiguous()  # [N, L, F]
-            return main, x - main
+            main = (inverse @ (spectrum * keep).view(-1, n * n_features)).view(length, n, n_features)
+            return main, columns.view(length, n, n_features) - main
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, F]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, F] -> [L, N, F]
         main, residual = self.split(x)
-        centered = residual - residual.mean(1, keepdim=True)
-        std = (
-            centered.square().mean(1, keepdim=True) + self.eps
-        ).sqrt()  # torch.var over dim 1 is 10x slower
+        centered = residual - residual.mean(0, keepdim=True)
+        std = (centered.square().mean(0, keepdim=True) + self.eps).sqrt()  # torch.var is ~10x slower
         return (centered / std + self.removed_proj(main)).to(x.dtype)
 
 
@@ -189,22 +187,24 @@ class VariableSelection(nn.Module):
 
         sum_f a_f (x_f W_f + b_f) = (a * x) @ W + a @ B          W, B: [F, H]
 
-    is two matrix products, never the [N, L, F, H] tensor of all embeddings. With ``record = True`` the weights
-    of the last call are kept (detached) for interpretation.
+    is two matrix products, never the [N, L, F, H] tensor of all embeddings. It works step by step, so the
+    windows may come batch- or time-major. With ``record = True`` the weights of the last call are kept
+    (detached, in the layout of the input) for interpretation.
     """
 
     def __init__(self, n_features: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.W = nn.Parameter(torch.randn(n_features, hidden) / math.sqrt(n_features))
         self.B = nn.Parameter(torch.zeros(n_features, hidden))
-        # no dropout on the selector: its [N, L, F] masks cost more than the rest of the step's dropout
+        # no dropout on the selector: its masks over every step's features cost more than the rest of the
+        # step's dropout
         self.selector = GatedResidualNetwork(n_features, hidden, n_features, dropout=0.0)
         self.post = GatedResidualNetwork(hidden, hidden, hidden, dropout)
-        self.record = False  # keep the weights of each call (an [N, L, F] tensor): off while training
+        self.record = False  # keep each call's weights (one per step and feature): off while training
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, L, H]
-        a = torch.softmax(self.selector(x), dim=-1)  # [N, L, F]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., F] -> [..., H], e.g. [L, N, F] -> [L, N, H]
+        a = torch.softmax(self.selector(x), dim=-1)  # [..., F]
         if self.record:
             self.weights = a.detach()
         return self.post((a * x) @ self.W + a @ self.B)
@@ -215,6 +215,8 @@ class TemporalEncoder(nn.Module):
 
     Only the last step's embedding is used downstream, and with causal masking the last step attends to
     every step: so only its query is computed, which is exactly the last row of full causal attention.
+    The windows come time-major, [L, N, H], the layout oneDNN's LSTM computes in: batch-major, the LSTM
+    copied its input, its output and both their gradients into it and back, every step.
     """
 
     def __init__(self, hidden: int, layers: int, heads: int, dropout: float) -> None:
@@ -224,9 +226,7 @@ class TemporalEncoder(nn.Module):
                 f"hidden size {hidden} must be divisible by model.temporal.attention_heads={heads}"
             )
         self.heads = heads
-        self.lstm = nn.LSTM(
-            hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0)
         self.lstm_gate = nn.Linear(hidden, 2 * hidden)
         self.lstm_norm = nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
@@ -236,17 +236,17 @@ class TemporalEncoder(nn.Module):
         self.dropout = FastDropout(dropout)
         self.ffn = GatedResidualNetwork(hidden, hidden, hidden, dropout)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:  # [N, L, H] -> [N, H]
-        n, length, hidden = e.shape
-        out, _ = self.lstm(e)  # [N, L, H]
-        s = self.lstm_norm(e + F.glu(self.lstm_gate(self.dropout(out)), dim=-1))  # [N, L, H]
+    def forward(self, e: torch.Tensor) -> torch.Tensor:  # [L, N, H] -> [N, H]
+        length, n, hidden = e.shape
+        out, _ = self.lstm(e)  # [L, N, H]
+        s = self.lstm_norm(e + F.glu(self.lstm_gate(self.dropout(out)), dim=-1))  # [L, N, H]
         # keys and values of every step, but the query of the last step alone, which sees every step, so no
         # mask is needed (the rows of qkv are q, k, v: a third of its work is skipped)
-        kv = F.linear(s, self.qkv.weight[hidden:], self.qkv.bias[hidden:])  # [N, L, 2H]
-        k, v = kv.split(hidden, dim=-1)  # [N, L, H] each
-        q = F.linear(s[:, -1:], self.qkv.weight[:hidden], self.qkv.bias[:hidden])  # [N, 1, H]
-        shape = (n, -1, self.heads, hidden // self.heads)
-        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))  # [N, heads, len, H/heads]
+        kv = F.linear(s, self.qkv.weight[hidden:], self.qkv.bias[hidden:])  # [L, N, 2H]
+        k, v = kv.split(hidden, dim=-1)  # [L, N, H] each
+        q = F.linear(s[-1:], self.qkv.weight[:hidden], self.qkv.bias[:hidden])  # [1, N, H]
+        shape = (-1, n, self.heads, hidden // self.heads)
+        q, k, v = (t.reshape(shape).permute(1, 2, 0, 3) for t in (q, k, v))  # [N, heads, len, H/heads]
         if s.device.type == "cpu":
             # torch's CPU attention kernel in bf16 takes ~1.8x its float32 time at these shapes (forward and
             # backward; docs/performance.md), so under autocast the CPU attends in float32
@@ -255,7 +255,7 @@ class TemporalEncoder(nn.Module):
         else:
             a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H/heads]
         a = self.attn_out(a.transpose(1, 2).reshape(n, hidden))  # [N, H]
-        last = self.attn_norm(s[:, -1] + F.glu(self.attn_gate(self.dropout(a)), dim=-1))  # [N, H]
+        last = self.attn_norm(s[-1] + F.glu(self.attn_gate(self.dropout(a)), dim=-1))  # [N, H]
         return self.ffn(last)
 
 
@@ -389,7 +389,7 @@ class HorizonHead(nn.Module):
     weights of std ``init_std`` so that early predictions are small but not zero.
 
     Quantiles: the lowest is predicted directly and each next one adds a softplus increment, so
-    q_1 <= q_2 <= ... by construction.
+    q_1 <= q_2 <= ... by construction. A model's heads are computed together (``heads_forward``).
     """
 
     def __init__(self, hidden: int, n_quantiles: int, cfg: HeadConfig, dropout: float) -> None:
@@ -415,15 +415,47 @@ class HorizonHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, H] -> [N], [N, Q]
-        u = self.norm(z)
-        if self.mlp is not None:
-            delta = self.mlp(u)
-            u = u + (delta * self.layer_scale if self.layer_scale is not None else delta)
-        with torch.autocast(u.device.type, enabled=False):  # bf16 keeps ~3 digits: forecasts would tie
-            out = self.out(u.float())  # [N, 1 + Q]
-        point, lowest, steps = out[:, 0], out[:, 1:2], out[:, 2:]
-        quantiles = torch.cat([lowest, lowest + F.softplus(steps).cumsum(-1)], dim=-1)  # [N, Q], ascending
-        return point, quantiles
+        point, quantiles = heads_forward([self], z)
+        return point[0], quantiles[0]
+
+
+def heads_forward(
+    heads: list[HorizonHead] | nn.ModuleList, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head on the same embeddings z [N, H] at once -> point [n_h, N], quantiles [n_h, N, Q].
+
+    The heads keep their own parameters (and checkpoint names); here each layer's are stacked, so a layer is
+    one batched matrix product for all horizons. On a CPU each small operator costs a few microseconds
+    whatever its size: head by head, the four heads' forward and backward took 4.1-4.3 ms, ~9% of the
+    `cpu` preset's step, and together they take 2.3-3.1 ms (docs/performance.md).
+    """
+
+    def stacked(get) -> torch.Tensor:  # one parameter of every head: [n_h, ...]
+        return torch.stack([get(head) for head in heads])
+
+    first = heads[0]
+    u = z.expand(len(heads), *z.shape)  # [n_h, N, H]
+    if isinstance(first.norm, nn.LayerNorm):  # the same normalization for every head, then each its affine
+        u = F.layer_norm(z, z.shape[-1:], eps=first.norm.eps)
+        weight, bias = stacked(lambda head: head.norm.weight), stacked(lambda head: head.norm.bias)
+        u = torch.addcmul(bias[:, None], u, weight[:, None])  # [n_h, N, H]
+    if first.mlp is not None:  # Linear, GELU, FastDropout, Linear
+        w1 = stacked(lambda head: head.mlp[0].weight).transpose(1, 2)  # [n_h, H, H]: (in, out)
+        b1 = stacked(lambda head: head.mlp[0].bias)[:, None]  # [n_h, 1, H]
+        w2 = stacked(lambda head: head.mlp[3].weight).transpose(1, 2)
+        b2 = stacked(lambda head: head.mlp[3].bias)[:, None]
+        hidden = first.mlp[2](F.gelu(torch.baddbmm(b1, u, w1)))  # [n_h, N, H]: one mask for all heads
+        delta = torch.baddbmm(b2, hidden, w2)  # [n_h, N, H]
+        if first.layer_scale is not None:
+            delta = delta * stacked(lambda head: head.layer_scale)[:, None]
+        u = u + delta
+    with torch.autocast(u.device.type, enabled=False):  # bf16 keeps ~3 digits: forecasts would tie
+        w_out = stacked(lambda head: head.out.weight).transpose(1, 2)  # [n_h, H, 1 + Q]
+        b_out = stacked(lambda head: head.out.bias)[:, None]  # [n_h, 1, 1 + Q]
+        out = torch.baddbmm(b_out, u.float(), w_out)  # [n_h, N, 1 + Q]
+    point, lowest, steps = out[..., 0], out[..., 1:2], out[..., 2:]
+    quantiles = torch.cat([lowest, lowest + F.softplus(steps).cumsum(-1)], dim=-1)  # [n_h, N, Q], ascending
+    return point, quantiles
 
 
 def horizon_outputs(
@@ -432,8 +464,8 @@ def horizon_outputs(
     """Every horizon head on the stock embeddings ``h`` [N, H], back in return units (the heads predict in
     units of each horizon's training-label std): the forward output every model of the engine returns.
     ``offset`` [N, n_horizons] (same units) shifts each horizon's point and quantiles alike."""
-    point, quantiles = zip(*(head(h) for head in heads), strict=True)
-    point, quantiles = torch.stack(point, dim=1), torch.stack(quantiles, dim=1)  # [N, n_h], [N, n_h, Q]
+    point, quantiles = heads_forward(heads, h)  # [n_h, N], [n_h, N, Q]
+    point, quantiles = point.T, quantiles.transpose(0, 1)  # [N, n_h], [N, n_h, Q]
     if offset is not None:
         point, quantiles = point + offset, quantiles + offset[..., None]
     scale = target_scale.to(point.dtype)
@@ -509,14 +541,16 @@ class ATFTGATFAN(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, F] -> [N, H]
         """Each stock's own history: FAN, variable selection, LSTM and attention (no stock sees another)."""
+        x = x.transpose(0, 1)  # [L, N, F]: time-major from here on (a view; FAN's columns copy it once)
         if self.fan is not None:
-            x = self.fan(x)  # [N, L, F]
-        return self.temporal(self.vsn(x))  # [N, L, H] -> [N, H]
+            x = self.fan(x)  # [L, N, F]
+        return self.temporal(self.vsn(x))  # [L, N, H] -> [N, H]
 
     @property
     def selection_weights(self) -> torch.Tensor | None:
         """Per-step feature weights [N, L, F] of the last forward pass (None without the VSN)."""
-        return getattr(self.vsn, "weights", None)
+        weights = getattr(self.vsn, "weights", None)  # [L, N, F]: kept as the encoder computed them
+        return weights.transpose(0, 1).contiguous() if weights is not None else None
 
     @property
     def gate_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
