@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from atft.config import load_config
+from atft.models import atft_gat_fan
 from atft.models.atft_gat_fan import (
     ATFTGATFAN,
     FastDropout,
@@ -408,15 +409,15 @@ def test_checkpointed_chunks_give_the_same_forecasts_and_gradients():
 
 def test_on_a_cpu_attention_runs_in_float32_under_bf16_autocast(monkeypatch):
     """torch's CPU attention kernel is slower in bf16 than in float32: under autocast the CPU attends in
-    float32, and the projections around the attention still run in bf16."""
+    float32 (written out, ``last_step_attention``), and the projections around it still run in bf16."""
     seen = []
-    attend = torch.nn.functional.scaled_dot_product_attention
+    attend = atft_gat_fan.last_step_attention
 
-    def recorded(q, k, v, *args, **kwargs):
+    def recorded(q, k, v, heads):
         seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
-        return attend(q, k, v, *args, **kwargs)
+        return attend(q, k, v, heads)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
+    monkeypatch.setattr(atft_gat_fan, "last_step_attention", recorded)
     torch.manual_seed(0)
     encoder = TemporalEncoder(hidden=16, layers=1, heads=2, dropout=0.0).eval()
     projected = []
@@ -429,3 +430,24 @@ def test_on_a_cpu_attention_runs_in_float32_under_bf16_autocast(monkeypatch):
         seen.clear()
         encoder(torch.randn(8, 5, 16))
     assert seen == [(torch.float32, torch.float32, torch.float32, False)]
+
+
+def test_the_written_out_attention_equals_torchs_kernel():
+    """``last_step_attention`` (the CPU's) and ``scaled_dot_product_attention`` (a GPU's) give the same
+    output and the same gradients, on time-major keys as the encoder holds them."""
+    generator = torch.Generator().manual_seed(6)
+    length, n, heads, d = 7, 5, 4, 3
+    q, k, v = (torch.randn(*shape, generator=generator, requires_grad=True)
+               for shape in ((n, heads * d), (length, n, heads * d), (length, n, heads * d)))  # fmt: skip
+    weight = torch.randn(n, heads * d, generator=generator)
+    ours = atft_gat_fan.last_step_attention(q, k, v, heads)
+    (ours * weight).sum().backward()
+    ours_grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    q4, k4, v4 = (t.reshape(-1, n, heads, d).permute(1, 2, 0, 3) for t in (q[None], k, v))  # [N, h, L, d]
+    theirs = F.scaled_dot_product_attention(q4, k4, v4).reshape(n, heads * d)
+    (theirs * weight).sum().backward()
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    for a, b in zip(ours_grads, (q.grad, k.grad, v.grad), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

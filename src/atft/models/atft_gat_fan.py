@@ -210,6 +210,21 @@ class VariableSelection(nn.Module):
         return self.post((a * x) @ self.W + a @ self.B)
 
 
+def last_step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of one query per window over all its steps: q [N, H], k and v [L, N, H] -> [N, H].
+
+    What ``scaled_dot_product_attention`` computes for a single query, its weights written out over the
+    time-major keys. The CPU attends with this: torch's CPU kernel wants [N, heads, L, H/heads], copies the
+    keys and values into it, and took ~1.25x this function's time (forward and backward, at the `cpu`
+    preset's shape; docs/performance.md). A GPU uses torch's fused kernel.
+    """
+    length, n, hidden = k.shape
+    d = hidden // heads
+    k, v = k.reshape(length, n, heads, d), v.reshape(length, n, heads, d)
+    weights = ((k * q.view(n, heads, d)).sum(-1) / math.sqrt(d)).softmax(dim=0)  # [L, N, heads]
+    return (weights[..., None] * v).sum(0).reshape(n, hidden)  # [N, heads, d] -> [N, H]
+
+
 class TemporalEncoder(nn.Module):
     """LSTM, then causal multi-head self-attention over its outputs, each with a gated residual (TFT).
 
@@ -243,18 +258,19 @@ class TemporalEncoder(nn.Module):
         # keys and values of every step, but the query of the last step alone, which sees every step, so no
         # mask is needed (the rows of qkv are q, k, v: a third of its work is skipped)
         kv = F.linear(s, self.qkv.weight[hidden:], self.qkv.bias[hidden:])  # [L, N, 2H]
-        k, v = kv.split(hidden, dim=-1)  # [L, N, H] each
-        q = F.linear(s[-1:], self.qkv.weight[:hidden], self.qkv.bias[:hidden])  # [1, N, H]
-        shape = (-1, n, self.heads, hidden // self.heads)
-        q, k, v = (t.reshape(shape).permute(1, 2, 0, 3) for t in (q, k, v))  # [N, heads, len, H/heads]
+        q = F.linear(s[-1], self.qkv.weight[:hidden], self.qkv.bias[:hidden])  # [N, H]
         if s.device.type == "cpu":
-            # torch's CPU attention kernel in bf16 takes ~1.8x its float32 time at these shapes (forward and
-            # backward; docs/performance.md), so under autocast the CPU attends in float32
+            # torch's CPU attention kernel in bf16 takes ~1.8x its float32 time at these shapes, so under
+            # autocast the CPU attends in float32, with the weights written out (docs/performance.md)
             with torch.autocast("cpu", enabled=False):
-                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float())  # [N, heads, 1, H/heads]
+                k, v = kv.float().split(hidden, dim=-1)  # [L, N, H] each
+                a = last_step_attention(q.float(), k, v, self.heads)  # [N, H]
         else:
-            a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H/heads]
-        a = self.attn_out(a.transpose(1, 2).reshape(n, hidden))  # [N, H]
+            k, v = kv.split(hidden, dim=-1)  # [L, N, H] each
+            shape = (-1, n, self.heads, hidden // self.heads)
+            q, k, v = (t.reshape(shape).permute(1, 2, 0, 3) for t in (q[None], k, v))  # [N, heads, len, d]
+            a = F.scaled_dot_product_attention(q, k, v).reshape(n, hidden)  # [N, heads, 1, d] -> [N, H]
+        a = self.attn_out(a)  # [N, H]
         last = self.attn_norm(s[-1] + F.glu(self.attn_gate(self.dropout(a)), dim=-1))  # [N, H]
         return self.ffn(last)
 
