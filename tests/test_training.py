@@ -274,13 +274,18 @@ def test_learning_rate_schedules(name):
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:], strict=False)) and lrs[-1] < 1e-5  # cosine decay
 
 
+def small_module() -> ForecastModule:
+    """A hidden-16 module outside any Trainer, its optimizer without a schedule."""
+    cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
+    return ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
+
+
 @pytest.mark.parametrize(
     ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
 )
 def test_the_optimizer_is_fused_except_under_float16(precision, fused):
     """One fused AdamW kernel, except under float16, whose loss scaler a fused step would undo after clipping."""
-    cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
-    module = ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
+    module = small_module()
     module.trainer = SimpleNamespace(precision=precision)
     defaults = module.configure_optimizers().defaults
     assert (defaults["fused"], defaults["foreach"]) == ((True, None) if fused else (None, True))
@@ -290,8 +295,7 @@ def test_the_optimizer_is_fused_except_under_float16(precision, fused):
 def test_a_fused_optimizer_is_clipped_under_bf16_and_refused_under_float16(algorithm):
     """Lightning's mixed-precision plugin refuses to clip for a fused optimizer; without a loss scaler
     (bf16-mixed) the module clips it as 32-bit would, and with one (16-mixed) Lightning's refusal stands."""
-    cfg = load_config(None, ["train.scheduler.name=constant", "model.hidden_size=16"], env={}).cfg
-    module = ForecastModule(OmegaConf.to_container(cfg), [f"f{i}" for i in range(4)], [1, 5, 10, 20])
+    module = small_module()
     module.trainer = SimpleNamespace(
         precision="bf16-mixed",
         precision_plugin=MixedPrecision("bf16-mixed", "cpu"),

@@ -12,8 +12,8 @@ One day's cross-section of stock windows goes in; per-horizon point and quantile
 
 N is the number of stock-windows in the batch (several days concatenated; the graph never links two days),
 L the lookback, F the features, H the hidden size. Inside the encoder the windows are time-major, [L, N, F]:
-the LSTM's own layout, in which FAN's spectra are computed too, so no copy is made between them. Every part has a switch so that it can be ablated:
-``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``shortcut``, ``head.variant``.
+the LSTM's own layout, in which FAN's spectra are computed too, so no copy is made between them. Every part
+has a switch so that it can be ablated: ``fan.enabled``, ``vsn.enabled``, ``gat.enabled`` / ``graph.mode=none``, ``shortcut``, ``head.variant``.
 
 The previous system gave every feature its own gated residual network inside the variable selection
 network (16.5M of its 20M parameters). Here each feature has its own *linear* embedding, and one shared
@@ -252,7 +252,7 @@ class TemporalEncoder(nn.Module):
         self.ffn = GatedResidualNetwork(hidden, hidden, hidden, dropout)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:  # [L, N, H] -> [N, H]
-        length, n, hidden = e.shape
+        _, n, hidden = e.shape
         out, _ = self.lstm(e)  # [L, N, H]
         s = self.lstm_norm(e + F.glu(self.lstm_gate(self.dropout(out)), dim=-1))  # [L, N, H]
         # keys and values of every step, but the query of the last step alone, which sees every step, so no
@@ -450,11 +450,11 @@ def heads_forward(
         return torch.stack([get(head) for head in heads])
 
     first = heads[0]
-    u = z.expand(len(heads), *z.shape)  # [n_h, N, H]
     if isinstance(first.norm, nn.LayerNorm):  # the same normalization for every head, then each its affine
-        u = F.layer_norm(z, z.shape[-1:], eps=first.norm.eps)
         weight, bias = stacked(lambda head: head.norm.weight), stacked(lambda head: head.norm.bias)
-        u = torch.addcmul(bias[:, None], u, weight[:, None])  # [n_h, N, H]
+        u = torch.addcmul(bias[:, None], F.layer_norm(z, z.shape[-1:], eps=first.norm.eps), weight[:, None])
+    else:
+        u = z.expand(len(heads), *z.shape)  # [n_h, N, H]
     if first.mlp is not None:  # Linear, GELU, FastDropout, Linear
         w1 = stacked(lambda head: head.mlp[0].weight).transpose(1, 2)  # [n_h, H, H]: (in, out)
         b1 = stacked(lambda head: head.mlp[0].bias)[:, None]  # [n_h, 1, H]

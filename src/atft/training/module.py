@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 
 from atft.evaluation.metrics import horizon_metrics
@@ -186,18 +187,16 @@ class ForecastModule(L.LightningModule):
         """Lightning's clipping, except that a fused optimizer is clipped under bf16-mixed too.
 
         Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because under float16 the
-        fused step unscales the gradients itself and clipping would see them scaled. bf16-mixed has no loss
-        scaler: its gradients are the true ones, and they are clipped exactly as in 32-bit.
+        fused step unscales the gradients itself and clipping would see them scaled. Without a loss scaler
+        (bf16-mixed, 32-bit) the gradients are the true ones: they get the base plugin's clipping, 32-bit's.
         """
         plugin = self.trainer.precision_plugin
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        if gradient_clip_val and fused and getattr(plugin, "scaler", None) is None:
-            if (gradient_clip_algorithm or "norm") == "value":
-                plugin.clip_grad_by_value(optimizer, gradient_clip_val)
-            else:
-                plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if getattr(plugin, "scaler", None) is None:
+            Precision.clip_gradients(
+                plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm"
+            )
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         opt_cfg, sched = self.cfg.train.optimizer, self.cfg.train.scheduler
